@@ -7,11 +7,13 @@ out in parallel instead of one after another.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 import lightkube
 import pytest
 from deepseek_testbed import ControlPlane, fate_annotations, wait_until
+from deepseek_testbed.fates import DEFAULT_RUN_SECONDS
 from lightkube import codecs
 from lightkube.resources.batch_v1 import Job
 from lightkube.resources.core_v1 import Pod
@@ -135,8 +137,18 @@ def test_restarts_count_against_backoff_limit_with_on_failure(fates: tuple[light
 
 def test_run_forever_keeps_a_job_running(fates: tuple[lightkube.Client, str]) -> None:
     client, ns = fates
-    # The fate-less Job created at the same time completes (after 2 s); the run-forever one does not.
-    wait_until(lambda: job_condition(client, "default", ns, "Complete"), timeout=60, what="Job default to complete")
+
+    def forever_running_for(seconds: float) -> bool:
+        pods = job_pods(client, "forever", ns)
+        start = pods[0].status.startTime if pods and pods[0].status else None
+        return bool(start and (datetime.now(UTC) - start).total_seconds() >= seconds)
+
+    # The fate-less Job created at the same time completes after 2 s; the run-forever one outlives that by far.
+    wait_until(
+        lambda: job_condition(client, "default", ns, "Complete") and forever_running_for(2 * DEFAULT_RUN_SECONDS + 1),
+        timeout=60,
+        what="Job default to complete and Job forever to run for 5 s",
+    )
     (forever,) = job_pods(client, "forever", ns)
     assert forever.status.phase == "Running"
     assert {c.type: c.status for c in forever.status.conditions}["Ready"] == "True"

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
 from pathlib import Path
 
 import pytest
-from deepseek_testbed import ControlPlane, TestbedError, dns_label, ensure_binaries
+from deepseek_testbed import ControlPlane, TestbedError, dns_label, ensure_binaries, wait_until
 from deepseek_testbed.process import pid_alive
 
 
@@ -79,6 +80,31 @@ def test_cli_up_runs_a_second_control_plane_and_down_stops_it(kube_api: ControlP
         assert up.wait(timeout=30) == 0
         assert not [name for name, pid in state["pids"].items() if pid_alive(pid)]
         assert (workdir / "logs" / "kube-apiserver.log").stat().st_size > 0  # logs survive `down`
+    finally:
+        if up.poll() is None:
+            up.kill()
+            up.wait()
+
+
+def test_components_die_with_a_killed_owner(kube_api: ControlPlane, tmp_path: Path) -> None:
+    workdir = tmp_path / "killed"
+    cli = [sys.executable, "-m", "deepseek_testbed"]
+    env = {**os.environ, "DEEPSEEK_TESTBED_BIN": str(kube_api.bin_dir)}
+    up = subprocess.Popen(
+        [*cli, "up", "--workdir", str(workdir)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+    )
+    try:
+        _read_line(up, timeout=180)
+        pids = json.loads((workdir / "state.json").read_text())["pids"]
+        assert all(pid_alive(pid) for pid in pids.values())
+        up.send_signal(signal.SIGKILL)  # no cleanup code runs in the owner: the kernel must take the children
+        up.wait()
+        wait_until(
+            lambda: not any(pid_alive(pid) for pid in pids.values()), timeout=30, what="components to die with owner"
+        )
+        down = subprocess.run([*cli, "down", "--workdir", str(workdir)], capture_output=True, text=True, timeout=90)
+        assert down.returncode == 0, down.stderr
+        assert not (workdir / "state.json").exists()
     finally:
         if up.poll() is None:
             up.kill()

@@ -28,11 +28,12 @@ def free_port() -> int:
 
 
 def _die_with_parent() -> None:  # pragma: no cover - runs in the forked child
-    # If the Python process that started us is killed (SIGKILL, OOM), the kernel sends SIGTERM to this child,
-    # so no component outlives a crashed test run. Linux-only; harmless where prctl is missing.
+    # If the Python process that started us is killed (SIGKILL, OOM), the kernel kills this child too, so no
+    # component outlives a crashed test run. SIGKILL, not SIGTERM: kube-apiserver's graceful shutdown waits for
+    # etcd, which dies at the same moment, and would linger for minutes. Linux-only; skipped where prctl is missing.
     try:
         libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
     except (OSError, AttributeError):
         pass
 
