@@ -106,6 +106,7 @@ class ControlPlane:
         self.cluster_running = False
         self.nodes: list[str] = []
         self.timings: dict[str, float] = {}
+        self._admin_client: lightkube.Client | None = None
 
     # ----------------------------------------------------------------------------------------------- basics
     @property
@@ -414,13 +415,13 @@ class ControlPlane:
     def add_fake_node(self, node: FakeNode) -> None:
         """Register a fake node (kwok makes it Ready within a second or two). Requires the cluster components
         for it to become Ready; the node object itself can be created at any time."""
-        client = self.client()
+        client = self._admin()
         manifest = node.manifest(index=len(self.nodes))
         client.create(codecs.from_dict(manifest))
         self.nodes.append(node.name)
 
     def _wait_cluster_ready(self) -> None:
-        client = self.client()
+        client = self._admin()
 
         def nodes_ready() -> bool:
             for proc in self._procs.values():
@@ -458,6 +459,9 @@ class ControlPlane:
                 log.exception("could not stop %s", name)
         self._procs.clear()
         self.cluster_running = False
+        self.nodes = []
+        self._server = None  # a later start() starts afresh
+        self._admin_client = None
         shutil.rmtree(self.workdir / "etcd", ignore_errors=True)
         with contextlib.suppress(FileNotFoundError):
             (self.workdir / STATE_FILE).unlink()
@@ -538,9 +542,15 @@ class ControlPlane:
     def client(
         self, kubeconfig: Path | None = None, *, namespace: str | None = None, field_manager: str | None = None
     ) -> lightkube.Client:
-        """A lightkube sync client (admin unless `kubeconfig` is given)."""
+        """A new lightkube sync client (admin unless `kubeconfig` is given)."""
         config = lightkube.KubeConfig.from_file(str(kubeconfig or self.kubeconfig))
         return lightkube.Client(config=config, namespace=namespace, field_manager=field_manager)
+
+    def _admin(self) -> lightkube.Client:
+        # One shared admin client for this class's own calls (tests get fresh ones from client()).
+        if self._admin_client is None:
+            self._admin_client = self.client()
+        return self._admin_client
 
     def async_client(
         self, kubeconfig: Path | None = None, *, namespace: str | None = None, field_manager: str | None = None
@@ -570,7 +580,7 @@ class ControlPlane:
     ) -> Path:
         """A kubeconfig with a bound token for ServiceAccount `namespace/name`, minted through the TokenRequest
         API (what a pod's projected token is). `create=True` creates the ServiceAccount if it is missing."""
-        client = self.client()
+        client = self._admin()
         if create:
             try:
                 client.create(ServiceAccount(metadata=ObjectMeta(name=name, namespace=namespace)), namespace=namespace)
@@ -596,7 +606,7 @@ class ControlPlane:
         to exist; kube-controller-manager creates `default`, but it may not be running (kube_api-only tests),
         so this creates it too (a 409 from a racing controller is fine)."""
         name = f"{dns_label(prefix, 50)}-{secrets.token_hex(3)}"
-        client = self.client()
+        client = self._admin()
         client.create(Namespace(metadata=ObjectMeta(name=name, labels=dict(labels or {}))))
         try:
             client.create(ServiceAccount(metadata=ObjectMeta(name="default", namespace=name)), namespace=name)
@@ -609,7 +619,7 @@ class ControlPlane:
         """Delete a namespace without waiting: kube-controller-manager empties it in the background (without
         it the namespace stays Terminating, which is harmless in a throwaway control plane)."""
         with contextlib.suppress(lightkube.ApiError):
-            self.client().delete(Namespace, name)
+            self._admin().delete(Namespace, name)
 
     def log_tails(self, lines: int = 40, since: Mapping[str, int] | None = None) -> dict[str, str]:
         """Component -> last `lines` lines of its log (after byte offset `since[component]` if given)."""
