@@ -40,7 +40,7 @@ from deepseek_testbed.binaries import Binaries, ensure_binaries
 from deepseek_testbed.errors import TestbedError
 from deepseek_testbed.nodes import FakeNode, default_nodes
 from deepseek_testbed.pki import CertPair, Pki, kubeconfig_dict, write_kubeconfig
-from deepseek_testbed.process import ManagedProcess, free_port, pid_alive, tail
+from deepseek_testbed.process import ManagedProcess, free_port, free_ports, pid_alive, tail
 from deepseek_testbed.waiting import wait_until
 
 log = logging.getLogger("deepseek_testbed")
@@ -192,7 +192,7 @@ class ControlPlane:
         data_dir = self.workdir / "etcd"
         for attempt in range(_START_ATTEMPTS):
             shutil.rmtree(data_dir, ignore_errors=True)
-            client, peer = free_port(), free_port()
+            client, peer = free_ports(2)
             url, peer_url = f"http://127.0.0.1:{client}", f"http://127.0.0.1:{peer}"
             proc = ManagedProcess(
                 "etcd",
@@ -332,7 +332,7 @@ class ControlPlane:
         kcm_kc = self._component_kubeconfig("kube-controller-manager", "system:kube-controller-manager")
         sched_kc = self._component_kubeconfig("kube-scheduler", "system:kube-scheduler")
         kwok_kc = self._component_kubeconfig("kwok", "kwok-controller", ["system:masters"])
-        kcm_port, sched_port = free_port(), free_port()
+        kcm_port, sched_port = free_ports(2)
         kcm = ManagedProcess(
             "kube-controller-manager",
             [
