@@ -160,7 +160,10 @@ class ModelSpec(SpecModel):
 
     task: Annotated[
         Task,
-        Field(default="text-classification", description="text-classification or causal-lm."),
+        Field(
+            default="text-classification",
+            description="text-classification (one label per text) or causal-lm (next-token prediction, generation).",
+        ),
     ]
     builtin: Annotated[BuiltinModel | None, Field(default=None, description="A model shipped in the worker image.")]
     pvc: Annotated[

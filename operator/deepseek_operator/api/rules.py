@@ -9,7 +9,7 @@ the mistake. Keep the two halves of a rule next to each other when editing.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Generic, Literal, TypeVar
 
 Reason = Literal["FieldValueInvalid", "FieldValueForbidden", "FieldValueRequired", "FieldValueDuplicate"]
@@ -32,7 +32,6 @@ class Rule(Generic[M]):
     check: Callable[[M], bool] | None = None
     message_expression: str | None = None
     server_only: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def to_schema(self) -> dict[str, Any]:
         """The ``x-kubernetes-validations`` entry."""
@@ -43,7 +42,6 @@ class Rule(Generic[M]):
             out["fieldPath"] = self.field_path
         if self.reason:
             out["reason"] = self.reason
-        out.update(self.extra)
         return out
 
 
