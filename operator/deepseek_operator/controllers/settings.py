@@ -9,6 +9,9 @@ from lightkube import KubeConfig
 
 from deepseek_operator import naming
 
+# Kinds of children whose watches carry the managed-by label selector (kopf selector syntax).
+CHILD_RESOURCES: list[tuple[str, str] | tuple[str, str, str]] = [("v1", "pods"), ("apps", "v1", "deployments")]
+
 
 def configure(settings: kopf.OperatorSettings) -> None:
     # Our own prefix from day one: changing storages later would make every object look new.
@@ -25,6 +28,12 @@ def configure(settings: kopf.OperatorSettings) -> None:
     settings.watching.client_timeout = 310
     settings.networking.error_backoffs = [1, 2, 5, 10]
     settings.execution.max_workers = 8
+    # Children the operator watches are filtered by the API server, not in Python: at a thousand resources the
+    # cluster's other pods and Deployments never reach the operator. Every child carries this label
+    # (builders.common.labels), pod templates included.
+    managed = f"{naming.LABEL_MANAGED_BY}={naming.MANAGED_BY}"
+    for selector in CHILD_RESOURCES:
+        settings.watching.label_selectors[selector] = managed
 
 
 @kopf.on.startup()
