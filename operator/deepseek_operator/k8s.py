@@ -13,9 +13,10 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
+import httpx2
 from lightkube import ApiError, AsyncClient, KubeConfig
 from lightkube import codecs as lk_codecs
-from lightkube.core.resource import NamespacedResource, NamespacedSubResource, Resource
+from lightkube.core.resource import NamespacedResource, NamespacedResourceG, NamespacedSubResource, Resource
 from lightkube.generic_resource import create_namespaced_resource
 from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.core_v1 import Event
@@ -86,7 +87,20 @@ async def delete(resource: type[NamespacedResource], name: str, namespace: str) 
         if is_not_found(err):
             return False
         raise
+    except httpx2.HTTPStatusError as err:
+        # An API group the server does not know answers a plain-text 404 (lightkube raises it untranslated).
+        if err.response.status_code == 404:
+            return False
+        raise
     return True
+
+
+async def delete_kind(api_version: str, kind: str, name: str, namespace: str) -> bool:
+    """Delete a child named by apiVersion/kind (as builders name them); False if it was already gone."""
+    resource = lk_codecs.resource_registry.load(api_version, kind)
+    if resource is None or not issubclass(resource, NamespacedResource):
+        raise ValueError(f"unknown namespaced kind {api_version}/{kind}")
+    return await delete(resource, name, namespace)
 
 
 async def get(resource: type[NamespacedResource], name: str, namespace: str) -> Any | None:
@@ -105,7 +119,10 @@ async def list_labelled(resource: type[NamespacedResource], namespace: str, sele
 
 
 async def patch_status(
-    status_resource: type[NamespacedSubResource], name: str, namespace: str, status: Mapping[str, Any]
+    status_resource: type[NamespacedSubResource] | type[NamespacedResourceG],
+    name: str,
+    namespace: str,
+    status: Mapping[str, Any],
 ) -> None:
     """Merge-patch a status subresource, e.g. `DeepSeekTraining.Status` (written only when it changed)."""
     await client().patch(
@@ -124,6 +141,11 @@ async def namespaced_api_served(resource: type[NamespacedResource], namespace: s
             break
     except ApiError as err:
         if is_not_found(err):
+            return False
+        raise
+    except httpx2.HTTPStatusError as err:
+        # An API group the server does not know answers a plain-text 404 (lightkube raises it untranslated).
+        if err.response.status_code == 404:
             return False
         raise
     return True
