@@ -22,7 +22,10 @@ from deepseek_operator.config import OperatorConfig
 log = logging.getLogger("deepseek_operator")
 
 # Modules whose import registers handlers with kopf's default registry.
-CONTROLLER_MODULES = ("deepseek_operator.controllers.settings",)
+CONTROLLER_MODULES = (
+    "deepseek_operator.controllers.settings",
+    "deepseek_operator.controllers.inference",
+)
 
 
 def load_controllers() -> None:
