@@ -25,6 +25,7 @@ log = logging.getLogger("deepseek_operator")
 CONTROLLER_MODULES = (
     "deepseek_operator.controllers.settings",
     "deepseek_operator.controllers.inference",
+    "deepseek_operator.controllers.health",
 )
 
 
@@ -55,7 +56,7 @@ async def run_operator(
             standalone=True,
             clusterwide=not config.namespaces,
             namespaces=config.namespaces,
-            liveness_endpoint=f"http://0.0.0.0:{config.liveness_port}/healthz" if liveness else None,
+            liveness_endpoint=f"http://{config.liveness_host}:{config.liveness_port}/healthz" if liveness else None,
             stop_flag=stop_flag,
             ready_flag=ready_flag,
             memo=kopf.Memo(config=config, kubeconfig=kubeconfig),

@@ -295,7 +295,7 @@ async def _apply(
     state.deleted -= applied
     for ref in plan.delete:
         if ref not in state.deleted:
-            await k8s.delete_kind(ref.api_version, ref.kind, ref.name, namespace)
+            await k8s.delete_named(ref.kind, ref.name, namespace)
             state.deleted.add(ref)
     state.applied, state.applied_at = plan.fingerprint, now
     log.debug("applied %d children of %s %s/%s", len(plan.apply), KIND, namespace, inf.metadata.name)

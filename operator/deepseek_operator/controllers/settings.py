@@ -9,8 +9,20 @@ from lightkube import KubeConfig
 
 from deepseek_operator import naming
 
-# Kinds of children whose watches carry the managed-by label selector (kopf selector syntax).
-CHILD_RESOURCES: list[tuple[str, str] | tuple[str, str, str]] = [("v1", "pods"), ("apps", "v1", "deployments")]
+# Child kinds the controllers watch, as (group, or "v1" for the core group; plural). The API server sends only
+# objects labelled as ours (a server-side label selector), so watching Pods or ConfigMaps costs nothing for
+# the rest of the cluster. A controller that watches another kind adds it here.
+CHILD_SELECTOR = f"{naming.LABEL_MANAGED_BY}={naming.MANAGED_BY}"
+WATCHED_CHILDREN: list[tuple[str, str]] = [
+    ("v1", "pods"),
+    ("v1", "configmaps"),
+    ("v1", "services"),
+    ("v1", "serviceaccounts"),
+    ("apps", "deployments"),
+    ("batch", "jobs"),
+    ("rbac.authorization.k8s.io", "roles"),
+    ("rbac.authorization.k8s.io", "rolebindings"),
+]
 
 
 def configure(settings: kopf.OperatorSettings) -> None:
@@ -28,12 +40,8 @@ def configure(settings: kopf.OperatorSettings) -> None:
     settings.watching.client_timeout = 310
     settings.networking.error_backoffs = [1, 2, 5, 10]
     settings.execution.max_workers = 8
-    # Children the operator watches are filtered by the API server, not in Python: at a thousand resources the
-    # cluster's other pods and Deployments never reach the operator. Every child carries this label
-    # (builders.common.labels), pod templates included.
-    managed = f"{naming.LABEL_MANAGED_BY}={naming.MANAGED_BY}"
-    for selector in CHILD_RESOURCES:
-        settings.watching.label_selectors[selector] = managed
+    for group, plural in WATCHED_CHILDREN:
+        settings.watching.label_selectors[group, plural] = CHILD_SELECTOR
 
 
 @kopf.on.startup()
