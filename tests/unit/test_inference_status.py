@@ -507,3 +507,35 @@ def test_views_from_real_shaped_objects() -> None:
     t = training("Succeeded", artifacts=ARTIFACTS)
     assert t.artifacts == TrainingArtifacts.model_validate(ARTIFACTS)
     assert (t.output_claim, t.output_path, t.uid) == ("artifacts", "minilm", "t-uid")
+
+
+def test_an_unservable_spec_change_keeps_the_running_pods_and_says_so() -> None:
+    s = spec(replicas=1)
+    p_old = plan_for(s)
+    missing = st.Resolution(None, False, "TrainingNotFound", "DeepSeekTraining other does not exist")
+    running = st.Observed(dep(p_old, replicas=1, updated=1, ready=1), (pod("a", p_old.config_hash),))
+    r = compute(s, running, previous={"servedModelVersion": "v2"}, resolution=missing, p=plan_for(s, None))
+    ready = cond(r, "Ready")
+    assert (ready["status"], ready["reason"]) == ("False", "TrainingNotFound")
+    assert "the running pods keep the old model" in ready["message"]
+    assert r.phase == "Failed"
+    assert r.status["servedModelVersion"] == "v2"  # still what the ready pods serve
+    assert "resolvedModel" not in r.status
+
+
+def test_invalid_spec_status_names_the_field() -> None:
+    from deepseek_operator.api import ApiSpecError
+    from deepseek_operator.controllers.inference import _invalid_status
+
+    err = ApiSpecError("DeepSeekInference", [("spec.autoscaling.minReplicas", "must be <= maxReplicas")])
+    r = _invalid_status({"phase": "Ready", "readyReplicas": 2}, err, 7)
+    assert r.phase == "Failed"
+    assert r.status["observedGeneration"] == 7
+    assert r.status["readyReplicas"] == 2  # what runs is still reported
+    ready = next(c for c in r.status["conditions"] if c["type"] == "Ready")
+    assert (ready["status"], ready["reason"]) == ("False", "InvalidSpec")
+    assert "spec.autoscaling.minReplicas: must be <= maxReplicas" in ready["message"]
+    assert ("Warning", "InvalidSpec") in [(t, reason) for t, reason, _ in r.events]
+    again = _invalid_status(r.status, err, 7)
+    assert again.status["lastUpdateTime"] == r.status["lastUpdateTime"]
+    assert again.events == []
