@@ -33,12 +33,14 @@ from lightkube.resources.core_v1 import (
 )
 from lightkube.resources.policy_v1 import PodDisruptionBudget
 from lightkube.types import PatchType
+from prometheus_client import REGISTRY
 
 from tests.fixtures.operator import OperatorRunner
 
 pytestmark = pytest.mark.timeout(240)
 
 TIMEOUT = 60.0
+KIND = "DeepSeekInference"
 
 
 @pytest.fixture
@@ -263,6 +265,13 @@ def test_scaling_through_kubectl_scale_and_the_spec(
     create(client, namespace, inference("r8", replicas=1))
     wait_status(client, namespace, "r8", lambda s: is_ready(s) and s["readyReplicas"] == 1, "1 ready replica")
 
+    # The operator's own metrics (served on its /metrics; the in-process operator shares this registry).
+    assert (
+        REGISTRY.get_sample_value("deepseek_operator_reconcile_total", {"kind": KIND, "result": "success"}) or 0
+    ) > 0
+    assert (REGISTRY.get_sample_value("deepseek_operator_reconcile_duration_seconds_count", {"kind": KIND}) or 0) > 0
+    assert (REGISTRY.get_sample_value("deepseek_operator_resources", {"kind": KIND, "phase": "Ready"}) or 0) >= 1
+
     kube_cluster.kubectl("scale", "-n", namespace, "dsinfer/r8", "--replicas=3")
     st = wait_status(
         client, namespace, "r8", lambda s: is_ready(s) and s["readyReplicas"] == 3, "3 replicas via kubectl scale"
@@ -291,6 +300,7 @@ def test_scaling_through_kubectl_scale_and_the_spec(
     assert condition(st, "Stopped")["status"] == "True"
     assert condition(st, "Ready")["reason"] == "Stopped"
     wait_until(lambda: not serving_pods(client, namespace, "r8"), timeout=TIMEOUT, what="pods gone")
+    assert (REGISTRY.get_sample_value("deepseek_operator_resources", {"kind": KIND, "phase": "Stopped"}) or 0) >= 1
     wide = kube_cluster.kubectl("get", "dsinfer", "r8", "-n", namespace, "-o", "wide").stdout
     assert "Stopped" in wide
 
