@@ -254,8 +254,8 @@ async def _reconcile(
     try:
         inf = parse_inference({k: v for k, v in body.items() if k != "status"})
     except ApiSpecError as err:
-        await _write_status(body, previous, _invalid_status(previous, err, generation), state)
         PHASES.set(KIND, namespace, name, "Failed")
+        await _write_status(body, previous, _invalid_status(previous, err, generation), state)
         return
     trainings, deployments, pods = indexes
     key = (namespace, name)
@@ -271,8 +271,8 @@ async def _reconcile(
     result = st.compute_status(
         spec=inf.spec, generation=generation, previous=previous, resolution=resolution, plan=plan, observed=observed
     )
-    await _write_status(body, previous, result, state)
     PHASES.set(KIND, namespace, name, result.phase)
+    await _write_status(body, previous, result, state)
 
 
 async def _apply(
