@@ -181,6 +181,16 @@ def event_reasons(client: Client, namespace: str, name: str) -> set[str]:
     }
 
 
+def wait_events(client: Client, namespace: str, name: str, reasons: set[str]) -> None:
+    """Events are posted right after the status they describe: wait for them rather than race them."""
+    wait_until(
+        lambda: reasons <= event_reasons(client, namespace, name),
+        timeout=TIMEOUT,
+        what=f"events {sorted(reasons)} on {name}",
+        describe=lambda: str(sorted(event_reasons(client, namespace, name))),
+    )
+
+
 def replica_sets(client: Client, namespace: str, name: str) -> list[ReplicaSet]:
     return list(client.list(ReplicaSet, namespace=namespace, labels={naming.LABEL_INFERENCE: name}))
 
@@ -238,9 +248,7 @@ def test_waits_for_the_training_then_serves_it_and_survives_its_deletion(
         "int8",
         "minilm",
     )
-    assert {"TrainingNotSucceeded", "ArtifactResolved", "AllReplicasReady"} <= event_reasons(
-        client, namespace, "minilm"
-    )
+    wait_events(client, namespace, "minilm", {"TrainingNotSucceeded", "ArtifactResolved", "AllReplicasReady"})
     rs_before = {rs.metadata.name for rs in replica_sets(client, namespace, "minilm")}
 
     # The training goes away: its artifact stays where it is, the service keeps running and says so.
@@ -256,7 +264,7 @@ def test_waits_for_the_training_then_serves_it_and_survives_its_deletion(
     assert is_ready(st)
     assert st["servedModelVersion"] == "v1"
     assert {rs.metadata.name for rs in replica_sets(client, namespace, "minilm")} == rs_before
-    assert "TrainingDeleted" in event_reasons(client, namespace, "minilm")
+    wait_events(client, namespace, "minilm", {"TrainingDeleted"})
 
 
 def test_scaling_through_kubectl_scale_and_the_spec(
@@ -396,7 +404,7 @@ def test_a_model_change_rolls_out_a_new_replicaset_while_the_old_keeps_serving(
     assert (st["readyReplicas"], st["updatedReplicas"], st["replicas"]) == (2, 2, 2)
     assert condition(st, "ModelReady")["status"] == "True"
     assert client.get(ReplicaSet, old_rs.metadata.name, namespace=namespace).spec.replicas == 0
-    assert {"ArtifactInvalid", "AllReplicasReady"} <= event_reasons(client, namespace, "roll")
+    wait_events(client, namespace, "roll", {"ArtifactInvalid", "AllReplicasReady"})
 
 
 def test_missing_reference_failed_training_and_unschedulable_pods_are_reported(
@@ -447,7 +455,7 @@ def test_missing_reference_failed_training_and_unschedulable_pods_are_reported(
     assert "nvidia.com/gpu" in condition(st, "Ready")["message"]
     for name in ("ghost", "doomed"):
         assert not exists(client, Deployment, f"{name}-serve", namespace)
-    assert "TrainingNotFound" in event_reasons(client, namespace, "ghost")
+    wait_events(client, namespace, "ghost", {"TrainingNotFound"})
 
     # The reference appears (and succeeds): the waiting inference notices without being touched.
     create(client, namespace, training("not-yet"))
