@@ -245,14 +245,14 @@ def test_on_failure_restarts_then_succeeds_and_previous_logs(kube: Kubectl) -> N
     assert kube("logs", "retry", "--previous").strip() == "first attempt fails"
 
 
-def test_init_container_runs_first_and_deletion_sends_sigterm(kube: Kubectl) -> None:
+def test_init_container_runs_first_and_deletion_runs_pre_stop_then_sigterm(kube: Kubectl) -> None:
     init = python_container("prepare", 'open("/shared/ready", "w").write("prepared")')
     main = python_container(
         "main",
         """
-        import signal, sys, time
+        import os, signal, sys, time
         def stop(signum, frame):
-            print("got SIGTERM, shutting down", flush=True)
+            print("got SIGTERM after preStop:", os.path.exists("/shared/pre-stop"), flush=True)
             sys.exit(0)
         signal.signal(signal.SIGTERM, stop)
         print("init left:", open("/shared/ready").read(), flush=True)
@@ -260,6 +260,7 @@ def test_init_container_runs_first_and_deletion_sends_sigterm(kube: Kubectl) -> 
             time.sleep(0.1)
         """,
         volumeMounts=[{"name": "shared", "mountPath": "/shared"}],
+        lifecycle={"preStop": {"exec": {"command": ["python", "-c", "open('/shared/pre-stop', 'w')"]}}},
     )
     init["volumeMounts"] = [{"name": "shared", "mountPath": "/shared"}]
     kube.apply(pod("graceful", main, initContainers=[init], volumes=[{"name": "shared", "emptyDir": {}}]))
@@ -272,7 +273,7 @@ def test_init_container_runs_first_and_deletion_sends_sigterm(kube: Kubectl) -> 
     kube("delete", "pod", "graceful", "--wait=true", "--timeout=60s")
     output = follow()
     assert output.startswith("init left: prepared")
-    assert "got SIGTERM, shutting down" in output
+    assert "got SIGTERM after preStop: True" in output
     assert kube.try_get("pod", "graceful") is None
 
 

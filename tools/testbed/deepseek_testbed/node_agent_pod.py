@@ -651,14 +651,25 @@ class PodRunner:
                 c.proc.kill()  # `unshare --kill-child` takes the container down with it
 
     async def _stop_container(self, c: Container, grace: float) -> None:
-        """SIGTERM the container's PID 1 (which, as in a container, ignores it unless it has a handler), then
-        SIGKILL after `grace` seconds."""
+        """Run the preStop hook, SIGTERM the container's PID 1 (which, as in a container, ignores it unless it
+        has a handler), then SIGKILL once `grace` seconds have passed since the start."""
         if not c.running():
             return
+        deadline = time.monotonic() + max(grace, 0.0)
+        hook = (c.spec.get("lifecycle") or {}).get("preStop")
+        if hook and grace > 0:
+            try:
+                ok, detail = await asyncio.wait_for(self._hook(c, hook), timeout=grace)
+            except TimeoutError:
+                ok, detail = False, f"did not finish within the grace period of {grace:.0f}s"
+            if not ok:
+                await self.agent.event(self.pod, "Warning", "FailedPreStopHook", f"PreStopHook failed: {detail}")
+            # As the kubelet: a hook that used up the grace period still leaves 2 s for SIGTERM.
+            deadline = max(deadline, time.monotonic() + 2)
         await self._signal(c, signal.SIGTERM)
         assert c.proc is not None
         try:
-            await asyncio.wait_for(asyncio.shield(c.proc.wait()), timeout=max(grace, 0.0))
+            await asyncio.wait_for(asyncio.shield(c.proc.wait()), timeout=max(deadline - time.monotonic(), 0.0))
         except TimeoutError:
             await self._signal(c, signal.SIGKILL)
             with contextlib.suppress(TimeoutError):
@@ -810,6 +821,20 @@ class PodRunner:
         if proc.returncode == 0:
             return True, ""
         return False, f"command {command} exited with {proc.returncode}: {out.decode(errors='replace')[-300:]}"
+
+    async def _hook(self, c: Container, handler: Obj) -> tuple[bool, str]:
+        """A lifecycle handler: `sleep`, `exec` or `httpGet` (as probes run them)."""
+        if "sleep" in handler:
+            await asyncio.sleep(float(handler["sleep"].get("seconds", 0)))
+            return True, ""
+        if "exec" in handler:
+            return await self._probe_exec(c, handler["exec"].get("command") or [], 3600.0)
+        if "httpGet" in handler:
+            try:
+                return await self._probe_http(c, handler["httpGet"], 3600.0)
+            except (OSError, httpx.HTTPError) as err:
+                return False, f"{type(err).__name__}: {err}"
+        return False, "only sleep, exec and httpGet lifecycle handlers are supported by the node agent"
 
     def _port(self, c: Container, port: int | str) -> int:
         if isinstance(port, int) or str(port).isdigit():

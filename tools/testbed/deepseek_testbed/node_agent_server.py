@@ -16,29 +16,47 @@ from __future__ import annotations
 import asyncio
 import socket
 import ssl
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO
 
 from aiohttp import web
 
 if TYPE_CHECKING:
     from deepseek_testbed.node_agent import NodeAgent
-    from deepseek_testbed.node_agent_pod import Container, PodRunner
+    from deepseek_testbed.node_agent_pod import Container
 
 
-def _records(path: Path) -> Iterator[tuple[str, str, bool, bytes]]:
-    """(timestamp, stream, complete line?, content) of each record in a CRI log file."""
-    try:
-        data = path.read_bytes()
-    except OSError:
-        return
-    for raw in data.splitlines():
-        parts = raw.split(b" ", 3)
-        if len(parts) < 4:
-            continue
-        yield parts[0].decode(), parts[1].decode(), parts[2] == b"F", parts[3]
+Record = tuple[str, str, bool, bytes]  # timestamp, stream, complete line?, content
+
+
+class _LogReader:
+    """Reads the records of a CRI log file incrementally from one open file."""
+
+    def __init__(self, path: Path) -> None:
+        try:
+            self._file: BinaryIO | None = path.open("rb")
+        except OSError:
+            self._file = None
+        self._pending = b""
+
+    def read_records(self) -> list[Record]:
+        if self._file is None:
+            return []
+        data = self._pending + self._file.read()
+        lines = data.split(b"\n")
+        self._pending = lines.pop()  # an incomplete last line waits for its end
+        records: list[Record] = []
+        for raw in lines:
+            parts = raw.split(b" ", 3)
+            if len(parts) == 4:
+                records.append((parts[0].decode(), parts[1].decode(), parts[2] == b"F", parts[3]))
+        return records
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
 
 
 def _parse_time(ts: str) -> datetime:
@@ -47,14 +65,7 @@ def _parse_time(ts: str) -> datetime:
     return datetime.fromisoformat(main + "." + (frac + "000000")[:6]).replace(tzinfo=UTC)
 
 
-def _size(path: Path) -> int:
-    try:
-        return path.stat().st_size
-    except OSError:
-        return 0
-
-
-def render(records: list[tuple[str, str, bool, bytes]], timestamps: bool) -> bytes:
+def render(records: list[Record], timestamps: bool) -> bytes:
     out = bytearray()
     for ts, _stream, complete, content in records:
         if timestamps:
@@ -138,7 +149,8 @@ class KubeletServer:
             if not path.exists():
                 waiting = c.state.get("waiting", {}).get("reason", "ContainerCreating")
                 return self._error(400, f'container "{cname}" in pod "{name}" is waiting to start: {waiting}')
-        records = [r for r in _records(path) if since is None or _parse_time(r[0]) >= since]
+        reader = _LogReader(path)
+        records = [r for r in reader.read_records() if since is None or _parse_time(r[0]) >= since]
         if tail is not None:
             records = records[-tail:] if tail > 0 else []
         resp = web.StreamResponse(headers={"Content-Type": "text/plain"})
@@ -154,40 +166,28 @@ class KubeletServer:
                 sent += len(data)
             return limit is None or sent < limit
 
-        more = await send(render(records, timestamps))
-        if follow and more:
-            await self._follow(runner, c, path, send, timestamps)
+        try:
+            more = await send(render(records, timestamps))
+            if follow and more:
+                await self._follow(c, reader, send, timestamps)
+        finally:
+            reader.close()
         await resp.write_eof()
         return resp
 
     @staticmethod
     async def _follow(
-        runner: PodRunner, c: Container, path: Path, send: Callable[[bytes], Awaitable[bool]], timestamps: bool
+        c: Container, reader: _LogReader, send: Callable[[bytes], Awaitable[bool]], timestamps: bool
     ) -> None:
-        """Stream records appended to `path` until this container instance has stopped and all is sent."""
+        """Stream records appended to the log until this container instance has stopped and all is sent. The
+        file stays open, so what was written before the pod's directory was removed is still sent."""
         instance = c.restart_count
-        offset = _size(path)
-        pending = b""
         while True:
             # Until the instance has stopped and its output is all in the file (the log file closes then).
             alive = c.restart_count == instance and (c.running() or c.log_file is not None)
-            try:
-                with path.open("rb") as f:
-                    f.seek(offset)
-                    chunk = f.read()
-            except OSError:
-                chunk = b""
-            if chunk:
-                offset += len(chunk)
-                pending += chunk
-                lines = pending.split(b"\n")
-                pending = lines.pop()
-                parsed = []
-                for raw in lines:
-                    parts = raw.split(b" ", 3)
-                    if len(parts) == 4:
-                        parsed.append((parts[0].decode(), parts[1].decode(), parts[2] == b"F", parts[3]))
-                if not await send(render(parsed, timestamps)):
+            records = reader.read_records()
+            if records:
+                if not await send(render(records, timestamps)):
                     return
             elif not alive:
                 return
