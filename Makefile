@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: setup test lint unit pytest crds
+.PHONY: setup test lint unit pytest crds quickstart
 
 setup:
 	scripts/setup.sh
@@ -26,3 +26,8 @@ unit:
 # Regenerate crds/*.yaml and the field reference in docs/api.md from deepseek_operator.api (never edit by hand).
 crds:
 	$(PY) -m deepseek_operator.api.crdgen
+
+# The whole platform on this machine: dev cluster, operator, examples/quickstart.yaml, predictions over HTTP.
+# Stops everything at the end; `make quickstart ARGS=--keep` leaves the dev cluster running.
+quickstart:
+	scripts/quickstart $(ARGS)
