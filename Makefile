@@ -12,6 +12,11 @@ setup:
 # Every check CI runs: lint, types, then the whole test suite (unit, integration on a real control plane, e2e).
 test: lint pytest
 
+# The whole platform on this machine: dev cluster, operator, examples/quickstart.yaml, predictions over HTTP.
+# Stops everything at the end; `make quickstart ARGS=--keep` leaves the dev cluster running.
+quickstart:
+	scripts/quickstart $(ARGS)
+
 lint:
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
@@ -26,8 +31,3 @@ unit:
 # Regenerate crds/*.yaml and the field reference in docs/api.md from deepseek_operator.api (never edit by hand).
 crds:
 	$(PY) -m deepseek_operator.api.crdgen
-
-# The whole platform on this machine: dev cluster, operator, examples/quickstart.yaml, predictions over HTTP.
-# Stops everything at the end; `make quickstart ARGS=--keep` leaves the dev cluster running.
-quickstart:
-	scripts/quickstart $(ARGS)
