@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Generator, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -73,8 +72,11 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     report = yield
     cluster = item.config.stash.get(_CLUSTER, None)
     if cluster is not None and report.failed and "dev_cluster" in getattr(item, "fixturenames", ()):
-        for name in ("node-agent", "deepseek-operator", "kube-controller-manager"):
-            path = Path(cluster.cp.log_dir) / f"{name}.log"
-            if path.exists():
-                report.sections.append((f"dev cluster {name} log (last 60 lines)", tail(path, 60)))
+        report.sections.append(
+            ("dev cluster node-agent log (last 60 lines)", tail(cluster.cp.log_dir / "node-agent.log", 60))
+        )
+        report.sections.append(
+            (f"dev cluster operator log ({cluster.operator_mode}, last 60 lines)", cluster.operator_logs(60))
+        )
+        report.sections.append(("dev cluster logs", f"all logs: {cluster.cp.log_dir}"))
     return report

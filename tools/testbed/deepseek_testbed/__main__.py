@@ -150,12 +150,10 @@ def cmd_devcluster(args: argparse.Namespace) -> int:
         extra = [f"--network={args.network}"]
         extra += [f"--cpu={args.cpu}"] if args.cpu else []
         extra += [f"--memory={args.memory}"] if args.memory else []
-        extra += ["--no-operator"] if args.no_operator else []
+        extra += [f"--operator={args.operator}"]
         if args.detach:
             return devcluster.up_detached(workdir, extra)
-        return devcluster.up(
-            workdir, network=args.network, cpu=args.cpu, memory=args.memory, operator=not args.no_operator
-        )
+        return devcluster.up(workdir, network=args.network, cpu=args.cpu, memory=args.memory, operator=args.operator)
     if args.action == "down":
         return devcluster.down(workdir)
     return devcluster.status(workdir)
@@ -174,7 +172,13 @@ def main(argv: list[str] | None = None) -> int:
     dev.add_argument("--network", choices=["auto", "bridge", "host"], default="auto", help="pod network (up)")
     dev.add_argument("--cpu", help="cpu capacity the node reports (default: this machine's)")
     dev.add_argument("--memory", help="memory capacity the node reports (default: this machine's)")
-    dev.add_argument("--no-operator", action="store_true", help="up: do not run the operator")
+    dev.add_argument(
+        "--operator",
+        choices=["auto", "chart", "process", "none"],
+        default="auto",
+        help="up: install the operator with its Helm chart (a pod on the node; auto when the chart exists), run "
+        "it as a local process, or not at all",
+    )
     for name, func, help_text in (
         ("up", cmd_up, "start a control plane and keep it running until Ctrl-C"),
         ("down", cmd_down, "stop the control plane that `up` runs in --workdir"),

@@ -5,8 +5,10 @@ real node, `local-exec`, whose pods the node agent runs as local processes; the 
     python -m deepseek_testbed devcluster down [--workdir D]
     python -m deepseek_testbed devcluster status [--workdir D]
 
-A development and test tool, never shipped. The operator runs as a local process with the admin kubeconfig
-(its metrics and health endpoints on 127.0.0.1 ports picked at run time). See docs/devcluster.md.
+A development and test tool, never shipped. The operator is installed with the project's Helm chart
+(charts/deepseek-operator: its CRDs, RBAC and Deployment) and so runs as a pod on `local-exec` with the chart's
+ServiceAccount, or (`operator="process"`) as a local process with the admin kubeconfig, its metrics and health
+endpoints on 127.0.0.1 ports picked at run time. See docs/devcluster.md.
 """
 
 from __future__ import annotations
@@ -40,6 +42,9 @@ log = logging.getLogger("deepseek_testbed.devcluster")
 
 STATE_FILE = "devcluster.json"
 MARKER = ".deepseek-devcluster"
+OPERATOR_RELEASE = "deepseek-operator"
+OPERATOR_NAMESPACE = "deepseek-system"
+OPERATOR_MODES = ("chart", "process", "none")
 
 
 def default_workdir() -> Path:
@@ -60,7 +65,7 @@ class DevCluster:
         node_name: str = DEFAULT_NODE_NAME,
         cpu: str | None = None,
         memory: str | None = None,
-        operator: bool = True,
+        operator: str = "auto",
         operator_env: Mapping[str, str] | None = None,
         repo_root: Path = REPO_ROOT,
         startup_timeout: float = 180.0,
@@ -70,7 +75,11 @@ class DevCluster:
         self.node_name = node_name
         self.cp = ControlPlane(self.workdir, binaries=binaries, nodes=[], startup_timeout=startup_timeout)
         self._network, self._cpu, self._memory = network, cpu, memory
-        self._with_operator = operator
+        if operator == "auto":
+            operator = "chart" if (repo_root / "charts" / "deepseek-operator").is_dir() else "process"
+        if operator not in OPERATOR_MODES:
+            raise TestbedError(f"operator={operator!r}: expected one of {', '.join(OPERATOR_MODES)} or auto")
+        self.operator_mode = operator
         self._operator_env = dict(operator_env or {})
         self.agent: ManagedProcess | None = None
         self.operator: ManagedProcess | None = None
@@ -93,8 +102,11 @@ class DevCluster:
             self.timings["control_plane_s"] = round(time.monotonic() - t0, 1)
             self.start_agent()
             self.timings["node_s"] = round(time.monotonic() - t0 - self.timings["control_plane_s"], 1)
-            self.install_crds()
-            if self._with_operator:
+            if self.operator_mode == "chart":
+                self.install_operator_chart()  # the chart installs the CRDs too
+            else:
+                self.install_crds()
+            if self.operator_mode == "process":
                 self.start_operator()
             self._write_state()
         except BaseException:
@@ -174,6 +186,35 @@ class DevCluster:
                 return False
 
         wait_until(healthy, timeout=self.cp.startup_timeout, what="the operator's /healthz")
+
+    def install_operator_chart(self) -> None:
+        """`helm install` the operator's chart (CRDs, RBAC, Deployment, metrics Service) and wait until the
+        operator pod runs on the node; its /metrics is then reached through the metrics Service's endpoint."""
+        chart = self.repo_root / "charts" / "deepseek-operator"
+        args = ["upgrade", "--install", OPERATOR_RELEASE, str(chart), "-n", OPERATOR_NAMESPACE, "--create-namespace"]
+        for i, (key, value) in enumerate(self._operator_env.items()):
+            args += ["--set", f"extraEnv[{i}].name={key}", "--set-string", f"extraEnv[{i}].value={value}"]
+        self.cp.helm(*args, "--wait", "--timeout=5m", timeout=360)
+        self.operator_metrics_url = self._chart_url("http-metrics", "/metrics")
+
+    def _chart_url(self, port: str, path: str) -> str:
+        service = f"{OPERATOR_RELEASE}-metrics"
+
+        def endpoint() -> list[str] | None:
+            found = resolve_service(self.cp.kubectl, OPERATOR_NAMESPACE, service, port)
+            return found or None
+
+        found: list[str] = wait_until(endpoint, timeout=self.cp.startup_timeout, what=f"endpoints of {service}")
+        return f"http://{found[0]}{path}"
+
+    def operator_logs(self, lines: int = 60) -> str:
+        """The operator's last log lines (its pod's, through `kubectl logs`, or its process log)."""
+        if self.operator_mode == "chart":
+            res = self.cp.kubectl(
+                "logs", "-n", OPERATOR_NAMESPACE, f"deploy/{OPERATOR_RELEASE}", f"--tail={lines}", check=False
+            )
+            return res.stdout + res.stderr
+        return tail(self.cp.log_dir / "deepseek-operator.log", lines)
 
     # ------------------------------------------------------------------------------------------- stop
     def stop(self) -> None:
@@ -293,7 +334,7 @@ def up(
     network: str = "auto",
     cpu: str | None = None,
     memory: str | None = None,
-    operator: bool = True,
+    operator: str = "auto",
 ) -> int:
     """Run a dev cluster in the foreground until SIGTERM/SIGINT; prints the kubeconfig path when ready."""
     _prepare_workdir(workdir)
