@@ -431,3 +431,39 @@ def test_replicas_listen_on_the_same_port_and_the_service_resolves(kube: Kubectl
             answers.add(resp.read().decode())
     assert len(answers) == 2  # two pods, each on its own IP and the same port
     assert all(a.startswith("echo-") for a in answers)
+
+
+def test_what_the_agent_cannot_run_is_reported_on_the_pod(kube: Kubectl) -> None:
+    """Unsupported input gets a kubelet-style waiting reason and an event naming what is wrong; nothing crashes."""
+    no_command = {"name": "main", "image": "busybox:1.36", "securityContext": RESTRICTED_CONTAINER}
+    kube.apply(
+        [
+            pod("no-command", no_command, restartPolicy="Never"),
+            pod(
+                "csi-volume",
+                python_container("main", "print('never runs')", volumeMounts=[{"name": "v", "mountPath": "/v"}]),
+                restartPolicy="Never",
+                volumes=[{"name": "v", "csi": {"driver": "csi.example.com"}}],
+            ),
+        ]
+    )
+
+    def waiting(name: str, reason: str) -> dict[str, Any] | None:
+        obj = kube.get("pod", name)
+        state = (obj["status"].get("containerStatuses") or [{}])[0].get("state", {})
+        return state["waiting"] if state.get("waiting", {}).get("reason") == reason else None
+
+    config_error = wait_until(
+        lambda: waiting("no-command", "CreateContainerConfigError"), timeout=60, what="CreateContainerConfigError"
+    )
+    assert "sets no command and image 'busybox:1.36' is not one of this repository's images" in config_error["message"]
+
+    def unsupported() -> dict[str, Any] | None:
+        state = waiting("csi-volume", "ContainerCreating")
+        return state if state and "not supported by the node agent" in state.get("message", "") else None
+
+    mount_error = wait_until(unsupported, timeout=60, what="the FailedMount message on the container status")
+    assert "volume 'v': type ['csi'] is not supported by the node agent" in mount_error["message"]
+    assert phase(kube, "no-command") == "Pending"
+    assert phase(kube, "csi-volume") == "Pending"
+    kube("delete", "pod", "no-command", "csi-volume", "--wait=true", "--timeout=60s")

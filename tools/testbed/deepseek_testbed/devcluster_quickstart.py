@@ -164,7 +164,7 @@ def metric_samples(text: str, name: str) -> list[tuple[dict[str, str], float]]:
     """Samples of one metric from Prometheus text (labels, value)."""
     out = []
     for line in text.splitlines():
-        if not line.startswith(name) or line.startswith("#"):
+        if not line.startswith((name + "{", name + " ")):
             continue
         head, _, value = line.rpartition(" ")
         labels: dict[str, str] = {}

@@ -852,7 +852,7 @@ class PodRunner:
         return float(self.pod["spec"].get("terminationGracePeriodSeconds", 30))
 
     async def _kill_all(self, grace: float) -> None:
-        if self._main is not None and not self._main.done():
+        if self._main is not None and not self._main.done() and self._main is not asyncio.current_task():
             self._main.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._main
