@@ -255,6 +255,12 @@ class PodRunner:
             f"{self.pod_ip}\t{fqdn}",
         ]
         lines += [f"{a['ip']}\t{' '.join(a.get('hostnames', []))}" for a in spec.get("hostAliases") or []]
+        net = self.agent.network
+        if net.api_port == 443:
+            # There is no cluster DNS; in-cluster clients that use the name (kopf: https://kubernetes.default.svc)
+            # find the `kubernetes` Service here.
+            names = "kubernetes kubernetes.default kubernetes.default.svc kubernetes.default.svc.cluster.local"
+            lines.append(f"{net.api_host}\t{names}")
         (self.dir / "etc-hosts").write_text("\n".join(lines) + "\n")
 
     # ----------------------------------------------------------------------------------------- volumes
