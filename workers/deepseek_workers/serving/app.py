@@ -181,6 +181,7 @@ class ModelServer:
         self._load_task: asyncio.Task[None] | None = None
         self.on_failure: Callable[[BaseException], None] | None = None
         self.created = int(time.time())
+        self.metrics.in_flight.labels(settings.model_name).set_function(lambda: float(self.in_flight))
 
     # -- lifecycle ------------------------------------------------------------------------------------------
 
