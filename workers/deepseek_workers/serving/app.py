@@ -1060,8 +1060,13 @@ def create_app(server: ModelServer) -> FastAPI:
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
             schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+            # One server serves one model: say so, so that clients and fuzzers use the real name and version.
+            fixed = {"model_name": name, "model_id": name, "version": settings.version}
             for path_item in schema.get("paths", {}).values():
                 for op in path_item.values():
+                    for param in op.get("parameters", []):
+                        if param.get("in") == "path" and param.get("name") in fixed:
+                            param["schema"] = {"type": "string", "enum": [fixed[param["name"]]]}
                     responses = op.get("responses", {})
                     if "422" in responses:
                         del responses["422"]
