@@ -302,26 +302,27 @@ class _RowDecoder:
 # Loading
 
 
+@dataclass(frozen=True)
+class ModelSource:
+    """What the run config points at, known before any weights are read (fast, so bad input fails at once)."""
+
+    uri: str
+    variant: str
+    task: Literal["text-classification", "causal-lm"]
+    version: str
+    artifact: bool  # True: a published artifact (manifest verified on load); False: a plain HF folder
+
+
 def _local_dir(uri: str) -> Path:
     if uri.startswith("file://"):
         uri = uri[len("file://") :]
-    if "://" in uri:
-        raise BadArtifactError(f"artifactUri {uri!r}: only local paths and file:// are supported by this loader")
     path = Path(uri)
     if not path.is_dir():
         raise BadArtifactError(f"artifactUri {uri!r} is not a directory")
     return path
 
 
-def _labels(model_dir: Path, config: Any) -> list[str]:
-    labels_file = model_dir / "labels.json"
-    if labels_file.is_file():
-        return [str(x) for x in json.loads(labels_file.read_text())]
-    id2label = getattr(config, "id2label", None) or {}
-    return [str(id2label[i]) for i in sorted(id2label)]
-
-
-def _task_of(model_dir: Path) -> str:
+def _task_of(model_dir: Path) -> Literal["text-classification", "causal-lm"]:
     try:
         config = json.loads((model_dir / "config.json").read_text())
     except (OSError, ValueError) as err:
@@ -334,70 +335,140 @@ def _task_of(model_dir: Path) -> str:
     raise BadArtifactError(f"{model_dir}: architectures {archs} is neither a sequence classifier nor a causal LM")
 
 
-def _variant_dirs(root: Path, variant: str) -> tuple[Path, Path | None]:
-    """(directory with config + tokenizer, ONNX file or None) for a variant of an artifact or an HF folder."""
-    if (root / "config.json").is_file():  # a plain Hugging Face folder: only the fp32 weights exist
+def describe(uri: str, variant: str) -> ModelSource:
+    """Check the run config's model reference: an artifact (by its manifest) or a plain HF folder (fp32 only)."""
+    from deepseek_workers.artifact import read_manifest
+
+    is_local = "://" not in uri or uri.startswith("file://")
+    if is_local and not (_local_dir(uri) / "manifest.json").is_file():
+        root = _local_dir(uri)
+        if not (root / "config.json").is_file():
+            raise BadArtifactError(f"{uri}: neither an artifact (manifest.json) nor a model folder (config.json)")
         if variant != "fp32":
-            raise BadArtifactError(f"{root} is a plain model folder (fp32 only); variant {variant!r} needs an artifact")
-        return root, None
-    fp32 = root / "fp32"
-    if not (fp32 / "config.json").is_file():
-        raise BadArtifactError(f"{root}: neither a model folder (config.json) nor an artifact (fp32/config.json)")
-    if variant == "fp32":
-        return fp32, None
-    if variant.startswith("onnx"):
-        onnx = root / "onnx" / ("model.onnx" if variant == "onnx-fp32" else "model-int8.onnx")
-        if not onnx.is_file():
-            raise BadArtifactError(f"{root}: variant {variant!r} needs {onnx.relative_to(root)}, which is missing")
-        return fp32, onnx
-    raise BadArtifactError(f"{root}: variant {variant!r} is not available from this artifact")
+            raise BadArtifactError(f"{uri} is a plain model folder (fp32 only); variant {variant!r} needs an artifact")
+        return ModelSource(uri, variant, _task_of(root), root.name, artifact=False)
+    manifest = read_manifest(uri)  # no hashing or download yet: that happens in load_backend
+    if variant not in manifest.variants:
+        have = ", ".join(sorted(manifest.variants))
+        raise BadArtifactError(f"artifact {uri} has no variant {variant!r}; it has: {have}")
+    if manifest.task not in ("text-classification", "causal-lm"):
+        raise BadArtifactError(f"artifact {uri} has task {manifest.task!r}; expected text-classification or causal-lm")
+    if manifest.over_budget and variant == "int8":
+        log.warning(
+            "artifact %s: INT8 lost more accuracy than allowed; its servedVariant is %s", uri, manifest.served_variant
+        )
+    task: Literal["text-classification", "causal-lm"] = (
+        "causal-lm" if manifest.task == "causal-lm" else "text-classification"
+    )
+    return ModelSource(uri, variant, task, manifest.version, artifact=True)
 
 
-def load_backend(artifact_uri: str, variant: str) -> Backend:
-    """Load and check a model. Raises BadArtifactError (exit 66) with the reason when it cannot."""
-    root = _local_dir(artifact_uri)
-    model_dir, onnx_file = _variant_dirs(root, variant)
-    task = _task_of(model_dir)
+def _labels(model_dir: Path, config: Any, extra: dict[str, Any] | None = None) -> list[str]:
+    labels_file = model_dir / "labels.json"
+    if labels_file.is_file():
+        return [str(x) for x in json.loads(labels_file.read_text())]
+    if extra and isinstance(extra.get("labels"), list):
+        return [str(x) for x in extra["labels"]]
+    id2label = getattr(config, "id2label", None) or {}
+    return [str(id2label[i]) for i in sorted(id2label)]
+
+
+def load_backend(uri: str, variant: str) -> Backend:
+    """Load, verify and wrap the model. Raises BadArtifactError (exit 66) with the reason when it cannot."""
+    source = describe(uri, variant)
     try:
-        return _load(model_dir, onnx_file, task)
+        if not source.artifact:
+            return _load_hf(_local_dir(uri), source.task, None)
+        from deepseek_workers.artifact import open_artifact
+
+        art = open_artifact(uri)  # sha256 of every file; s3:// is downloaded to the model cache first
+        entry = art.variant(variant)
+        path = art.variant_path(variant)
+        # Config, tokenizer and labels live with the fp32 model; INT8 and ONNX variants reuse them.
+        base = art.variant_path("fp32") if "fp32" in art.manifest.variants else path
+        if entry.format == "hf-safetensors":
+            return _load_hf(path, source.task, art.manifest.extra)
+        if entry.format == "onnx":
+            if source.task != "text-classification":
+                raise BadArtifactError("ONNX variants serve text classification only")
+            return _load_onnx(path, base, art.manifest.extra)
+        if entry.format == "int8-safetensors":
+            return _load_int8(path, base, source.task, art.manifest.extra)
+        raise BadArtifactError(f"artifact {uri}: variant {variant!r} has format {entry.format!r}, not servable")
     except BadArtifactError:
         raise
     except (OSError, ValueError, RuntimeError, KeyError) as err:
-        raise BadArtifactError(f"{model_dir}: cannot load the model: {type(err).__name__}: {err}") from None
+        raise BadArtifactError(f"{uri}: cannot load the model: {type(err).__name__}: {err}") from None
 
 
-def _load(model_dir: Path, onnx_file: Path | None, task: str) -> Backend:
-    from transformers import AutoConfig, AutoTokenizer
+def _tokenizer(*dirs: Path) -> Any:
+    from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    if not getattr(tokenizer, "is_fast", False):
-        raise BadArtifactError(f"{model_dir}: a fast tokenizer (tokenizer.json) is required")
+    for d in dirs:
+        if (d / "tokenizer.json").is_file() or (d / "tokenizer_config.json").is_file():
+            tokenizer = AutoTokenizer.from_pretrained(d)
+            if not getattr(tokenizer, "is_fast", False):
+                raise BadArtifactError(f"{d}: a fast tokenizer (tokenizer.json) is required")
+            return tokenizer
+    raise BadArtifactError(f"no tokenizer in {', '.join(str(d) for d in dirs)}")
+
+
+def _load_hf(model_dir: Path, task: str, extra: dict[str, Any] | None) -> Backend:
+    from transformers import AutoConfig
+
+    tokenizer = _tokenizer(model_dir)
     device = _torch_device()
     if task == "causal-lm":
-        if onnx_file is not None:
-            raise BadArtifactError("ONNX variants are for text classification; serve a causal LM as fp32 or int8")
         from transformers import AutoModelForCausalLM
 
         lm: Any = AutoModelForCausalLM.from_pretrained(model_dir)
         lm = lm.to(device).eval()
         return TorchCausalLM(lm, tokenizer, device)
-    config = AutoConfig.from_pretrained(model_dir)
-    labels = _labels(model_dir, config)
-    if onnx_file is not None:
-        import onnxruntime as ort
-
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = int(os.environ.get("DEEPSEEK_ONNX_THREADS", "0"))
-        providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in ort.get_available_providers()]
-        session = ort.InferenceSession(str(onnx_file), opts, providers=providers)
-        return OnnxClassifier(session, tokenizer, labels, _max_tokens(config, tokenizer))
     from transformers import AutoModelForSequenceClassification
 
+    config = AutoConfig.from_pretrained(model_dir)
     model: Any = AutoModelForSequenceClassification.from_pretrained(model_dir)
     model = model.to(device).eval()
+    return _classifier(model, tokenizer, _labels(model_dir, config, extra), device, model_dir)
+
+
+def _classifier(model: Any, tokenizer: Any, labels: list[str], device: str, where: Path) -> TorchClassifier:
     if len(labels) != model.config.num_labels:
-        raise BadArtifactError(f"{model_dir}: {len(labels)} labels for a model with {model.config.num_labels} outputs")
+        raise BadArtifactError(f"{where}: {len(labels)} labels for a model with {model.config.num_labels} outputs")
     return TorchClassifier(model, tokenizer, labels, device)
+
+
+def _load_onnx(onnx_file: Path, base: Path, extra: dict[str, Any] | None) -> Backend:
+    import onnxruntime as ort
+    from transformers import AutoConfig
+
+    tokenizer = _tokenizer(onnx_file.parent, base)
+    config = AutoConfig.from_pretrained(base)
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = int(os.environ.get("DEEPSEEK_ONNX_THREADS", "0"))
+    providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in ort.get_available_providers()]
+    try:
+        session = ort.InferenceSession(str(onnx_file), opts, providers=providers)
+    except Exception as err:  # onnxruntime raises its own exception types for unreadable models
+        raise BadArtifactError(f"{onnx_file}: cannot load the ONNX model: {err}") from None
+    return OnnxClassifier(session, tokenizer, _labels(base, config, extra), _max_tokens(config, tokenizer))
+
+
+def _load_int8(path: Path, base: Path, task: str, extra: dict[str, Any] | None) -> Backend:
+    import importlib
+
+    try:
+        # The INT8 format and its loader belong to the quantization package (docs/quantization.md).
+        int8 = importlib.import_module("deepseek_workers.quantization.int8")
+    except ImportError:
+        raise BadArtifactError("this worker build cannot load int8-safetensors variants") from None
+    device = _torch_device()
+    model: Any = int8.load_int8(path, device=device)
+    model = model.eval()
+    tokenizer = _tokenizer(path, base)
+    if task == "causal-lm":
+        return TorchCausalLM(model, tokenizer, device)
+    return _classifier(model, tokenizer, _labels(base, model.config, extra), device, path)
 
 
 def warm_up(backend: Backend, max_batch_size: int) -> list[tuple[int, int, float]]:

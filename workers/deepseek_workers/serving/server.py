@@ -14,7 +14,7 @@ import asyncio
 import logging
 import signal
 import socket
-from pathlib import Path
+import time
 from types import FrameType
 
 import uvicorn
@@ -22,7 +22,7 @@ import uvicorn
 from deepseek_workers.errors import BadArtifactError, WorkerError
 from deepseek_workers.runconfig import ServeRunConfig
 from deepseek_workers.serving.app import ModelServer, ServerSettings, create_app
-from deepseek_workers.serving.backends import LoadedModel, _local_dir, _task_of, _variant_dirs, load_backend
+from deepseek_workers.serving.backends import LoadedModel, describe, load_backend
 
 log = logging.getLogger(__name__)
 
@@ -60,41 +60,22 @@ class DrainingServer(uvicorn.Server):
         self.should_exit = True
 
 
-def _artifact_version(root: Path) -> str:
-    manifest = root / "manifest.json"
-    if manifest.is_file():
-        import json
-
-        try:
-            version = json.loads(manifest.read_text()).get("version")
-            if isinstance(version, str) and version:
-                return version
-        except (OSError, ValueError):
-            pass
-    return root.name
-
-
 def build_server(cfg: ServeRunConfig) -> ModelServer:
-    """Check the artifact enough to know its task (fast), and prepare a server that loads it in the background."""
-    root = _local_dir(cfg.artifact_uri)
-    model_dir, _ = _variant_dirs(root, cfg.variant)
-    task = _task_of(model_dir)
-    version = _artifact_version(root)
+    """Check the model reference (fast) and prepare a server that loads and verifies it in the background."""
+    source = describe(cfg.artifact_uri, cfg.variant)
     settings = ServerSettings(
         model_name=cfg.model_name,
-        version=version,
+        version=source.version,
         variant=cfg.variant,
-        task="causal-lm" if task == "causal-lm" else "text-classification",
+        task=source.task,
         batching=cfg.batching,
         drain_seconds=cfg.drain_seconds,
     )
 
     def load() -> LoadedModel:
-        import time
-
         t0 = time.perf_counter()
         backend = load_backend(cfg.artifact_uri, cfg.variant)
-        return LoadedModel(backend, cfg.model_name, version, cfg.variant, time.perf_counter() - t0)
+        return LoadedModel(backend, cfg.model_name, source.version, cfg.variant, time.perf_counter() - t0)
 
     return ModelServer(settings, load)
 
