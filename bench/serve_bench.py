@@ -69,8 +69,10 @@ def workload(path: Path, n: int) -> list[str]:
 
 
 def bare_model(path: Path, texts: list[str]) -> dict[str, Any]:
+    import torch
     from deepseek_workers.serving.backends import TextClassifier, load_backend
 
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
     backend = load_backend(str(path), "fp32")
     assert isinstance(backend, TextClassifier)
     ids = [backend.encode(t) for t in texts]
@@ -243,7 +245,7 @@ def start(target: Target, port: int, tmp: Path) -> subprocess.Popen[bytes]:
     else:
         argv.append(str(port))
     log = open(tmp / f"{target.name}.log", "wb")  # noqa: SIM115 - the child owns it
-    return subprocess.Popen(argv, stdout=log, stderr=log, start_new_session=True, cwd=ROOT)
+    return subprocess.Popen(argv, stdout=log, stderr=log, start_new_session=True, cwd=ROOT, env=os.environ.copy())
 
 
 def stop(proc: subprocess.Popen[bytes]) -> None:
@@ -307,7 +309,17 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer requests per level (a smoke run)")
     parser.add_argument("--skip-competitors", action="store_true", help="no LitServe / Ray Serve")
     parser.add_argument("--out", default=str(RESULTS / "serve_bench"))
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch/OpenMP threads for the model everywhere (1: on a shared CPU, 2 spinning OpenMP threads "
+        "make a single forward pass up to 20x slower)",
+    )
     args = parser.parse_args()
+    os.environ["OMP_NUM_THREADS"] = str(args.threads)  # inherited by every server process
+    # A plain kill must still stop the server started last (run_target's finally).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     scale = 0.25 if args.quick else 1.0
     tmp = Path(os.environ.get("TMPDIR", "/tmp")) / f"serve-bench-{os.getpid()}"
     tmp.mkdir(parents=True, exist_ok=True)
@@ -342,14 +354,12 @@ def main() -> None:
         "ahead_of_litserve_c32": goals.get("throughput_vs_litserve", {}).get(32, 0) > 1.0,
         "ahead_of_ray_c32": goals.get("throughput_vs_ray", {}).get(32, 0) > 1.0,
     }
-    import torch
-
     report = {
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": {
             "cpus": os.cpu_count(),
             "platform": platform.platform(),
-            "torch_threads": torch.get_num_threads(),
+            "torch_threads": args.threads,
             "load_average_at_end": os.getloadavg(),
         },
         "model": "all-MiniLM-L6-v2 fine-tuned on Reuters R8 (fp32)",

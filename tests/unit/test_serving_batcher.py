@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from pathlib import Path
 
 import pytest
 from deepseek_workers.serving.batcher import (
@@ -199,3 +200,13 @@ def test_cost_model_fit_recovers_known_coefficients() -> None:
     assert fit.per_token_sq_s == pytest.approx(truth.per_token_sq_s, rel=1e-3)
     # Noise that would make a coefficient negative is clipped to zero, never negative.
     assert min(CostModel.fit([(1, 8, 0.01), (8, 8, 0.005), (1, 64, 0.004)]).__dict__.values()) >= 0
+
+
+def test_cpu_quota_reads_cgroup_v2(tmp_path: Path) -> None:
+    from deepseek_workers.serving.backends import cpu_quota
+
+    (tmp_path / "cpu.max").write_text("250000 100000\n")
+    assert cpu_quota(tmp_path) == 2.5
+    (tmp_path / "cpu.max").write_text("max 100000\n")
+    assert cpu_quota(tmp_path) is None
+    assert cpu_quota(tmp_path / "missing") is None

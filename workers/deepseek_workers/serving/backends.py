@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import threading
 import time
@@ -103,6 +104,37 @@ def _torch_device() -> str:
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def cpu_quota(cgroup_root: Path = Path("/sys/fs/cgroup")) -> float | None:
+    """CPUs this container may use (cgroup v2 ``cpu.max``), or None when unlimited or unknown."""
+    try:
+        quota, period = (cgroup_root / "cpu.max").read_text().split()[:2]
+    except (OSError, ValueError):
+        return None
+    if quota == "max":
+        return None
+    try:
+        return int(quota) / int(period)
+    except (ValueError, ZeroDivisionError):
+        return None
+
+
+def configure_threads() -> int:
+    """Size torch's intra-op pool to the CPUs the pod may use (unless OMP_NUM_THREADS says otherwise).
+
+    torch defaults to every core of the node; under a 2-CPU limit on a 64-core node its spinning OpenMP
+    threads are throttled and a forward pass gets many times slower.
+    """
+    import torch
+
+    if os.environ.get("OMP_NUM_THREADS"):
+        return int(torch.get_num_threads())
+    cpus = os.cpu_count() or 1
+    quota = cpu_quota()
+    threads = max(1, min(cpus, math.floor(quota) if quota else cpus))
+    torch.set_num_threads(threads)
+    return threads
 
 
 def _raw_tokenizer(tokenizer: Any) -> Any:
@@ -376,6 +408,7 @@ def _labels(model_dir: Path, config: Any, extra: dict[str, Any] | None = None) -
 def load_backend(uri: str, variant: str) -> Backend:
     """Load, verify and wrap the model. Raises BadArtifactError (exit 66) with the reason when it cannot."""
     source = describe(uri, variant)
+    log.info("torch intra-op threads: %d", configure_threads())
     try:
         if not source.artifact:
             return _load_hf(_local_dir(uri), source.task, None)
