@@ -59,14 +59,18 @@ def fastapi_server(model_dir: str, port: int) -> None:
     uvicorn.run(app, host="127.0.0.1", port=port, loop="uvloop", http="httptools", log_level="warning")
 
 
-def litserve_server(model_dir: str, port: int) -> None:
+try:  # only in the bench venv; module level because LitServe pickles the API into its worker processes
     import litserve as ls
 
-    class Api(ls.LitAPI):  # type: ignore[misc]
-        def setup(self, device: str) -> None:
-            self.m = Model(model_dir)
+    class LitClassifier(ls.LitAPI):  # type: ignore[misc]
+        def __init__(self, model_dir: str, **kwargs: Any) -> None:
+            super().__init__(**kwargs)
+            self.model_dir = model_dir
 
-        def decode_request(self, request: dict[str, Any]) -> str:
+        def setup(self, device: str) -> None:
+            self.m = Model(self.model_dir)
+
+        def decode_request(self, request):  # type: ignore[no-untyped-def]  # LitServe reads the annotation
             return str(request["text"])
 
         def batch(self, inputs: list[str]) -> list[str]:
@@ -81,12 +85,22 @@ def litserve_server(model_dir: str, port: int) -> None:
         def encode_response(self, output: dict[str, Any]) -> dict[str, Any]:
             return output
 
-    api = Api(max_batch_size=MAX_BATCH, batch_timeout=BATCH_WAIT_S, api_path="/classify")
+except ImportError:
+    pass
+
+
+def litserve_server(model_dir: str, port: int) -> None:
+    api = LitClassifier(model_dir, max_batch_size=MAX_BATCH, batch_timeout=BATCH_WAIT_S, api_path="/classify")
     server = ls.LitServer(api, accelerator="cpu", workers_per_device=1, timeout=120)
     server.run(port=port, host="127.0.0.1", log_level="warning", generate_client_file=False)
 
 
 def ray_server(model_dir: str, port: int) -> None:
+    import os
+
+    # A busy 2-core machine starts the raylet slowly; the default 30 s wait is not enough there.
+    os.environ.setdefault("RAY_raylet_start_wait_time_s", "300")
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     import ray
     from ray import serve
     from starlette.requests import Request

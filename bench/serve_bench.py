@@ -68,7 +68,7 @@ def workload(path: Path, n: int) -> list[str]:
 # The model alone
 
 
-def bare_model(path: Path, texts: list[str]) -> dict[str, Any]:
+def bare_model(path: Path, texts: list[str], quick: bool = False) -> dict[str, Any]:
     import torch
     from deepseek_workers.serving.backends import TextClassifier, load_backend
 
@@ -79,7 +79,7 @@ def bare_model(path: Path, texts: list[str]) -> dict[str, Any]:
     for x in ids[:8]:
         backend.predict([x])
     single = []
-    for x in ids[:150]:
+    for x in ids[: 50 if quick else 150]:
         t0 = time.perf_counter()
         backend.predict([x])
         single.append(time.perf_counter() - t0)
@@ -87,7 +87,7 @@ def bare_model(path: Path, texts: list[str]) -> dict[str, Any]:
     table = []
     for order in ("arrival", "length-sorted"):
         seq = sorted(ids, key=len) if order == "length-sorted" else ids
-        for b in (1, 4, 8, 16, 32, 64):
+        for b in (1, 16, 32) if quick else (1, 4, 8, 16, 32, 64):
             backend.predict(seq[:b])
             t0 = time.perf_counter()
             for i in range(0, len(seq), b):
@@ -179,15 +179,17 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_http(port: int, path: str, body: bytes, timeout_s: float = 600) -> None:
+def wait_http(proc: subprocess.Popen[bytes], port: int, body: bytes, timeout_s: float = 900) -> bool:
+    """True once the server answers 200; False if it exited first (e.g. its port was taken meanwhile)."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            return False
         try:
-            with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+            with socket.create_connection(("127.0.0.1", port), timeout=60) as s:
                 s.sendall(body)
-                data = s.recv(65536)
-                if data.startswith(b"HTTP/1.1 200"):
-                    return
+                if s.recv(65536).startswith(b"HTTP/1.1 200"):
+                    return True
         except OSError:
             pass
         time.sleep(0.5)
@@ -274,10 +276,15 @@ def scrape_batching(port: int) -> tuple[float, float]:
 
 
 def run_target(target: Target, texts: list[str], tmp: Path, scale: float) -> dict[str, Any]:
-    port = free_port()
-    proc = start(target, port, tmp)
+    for _attempt in range(3):
+        port = free_port()
+        proc = start(target, port, tmp)
+        if wait_http(proc, port, _request(target.path, texts[0])):
+            break
+        stop(proc)
+    else:
+        raise RuntimeError(f"{target.name} did not start; see {tmp / (target.name + '.log')}")
     try:
-        wait_http(port, target.path, _request(target.path, texts[0]))
         import uvloop
 
         levels = []
@@ -326,14 +333,21 @@ def main() -> None:
     path = model_dir()
     texts = workload(path, 256)
     print(f"model {path.name}; {len(texts)} R8 texts of <= 128 tokens", flush=True)
-    bare = bare_model(path, texts)
+    bare = bare_model(path, texts, quick=args.quick)
     print(
         f"  bare forward p50 {bare['single_forward_p50_ms']:.2f} ms; best batched "
         f"{bare['best_batched']['throughput_rps']:.1f}/s ({bare['best_batched']})",
         flush=True,
     )
-    runs = [run_target(t, texts, tmp, scale) for t in targets(path, tmp, args.skip_competitors)]
-    by = {r["name"]: {lv["concurrency"]: lv for lv in r["levels"]} for r in runs}
+    runs = []
+    for t in targets(path, tmp, args.skip_competitors):
+        try:
+            runs.append(run_target(t, texts, tmp, scale))
+        except (RuntimeError, TimeoutError, OSError) as err:  # a competitor that fails is reported, not fatal
+            print(f"  {t.name}: FAILED: {err}", flush=True)
+            runs.append({"name": t.name, "error": str(err), "levels": []})
+        Path(args.out).with_suffix(".partial.json").write_text(json.dumps({"bare_model": bare, "servers": runs}))
+    by = {r["name"]: {lv["concurrency"]: lv for lv in r["levels"]} for r in runs if r["levels"]}
     ours = by["deepseek"]
     limit = bare["best_batched"]["throughput_rps"]
     goals: dict[str, Any] = {
@@ -344,7 +358,7 @@ def main() -> None:
         },
     }
     for other in ("litserve", "ray"):
-        if other in by:
+        if by.get(other):
             goals[f"throughput_vs_{other}"] = {
                 c: ours[c]["throughput_rps"] / by[other][c]["throughput_rps"] for c in CONCURRENCY
             }
@@ -390,6 +404,8 @@ def markdown(r: dict[str, Any]) -> str:
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for run in r["servers"]:
+        if run.get("error"):
+            lines.append(f"| {run['name']} | failed: {run['error']} | | | | | |")
         for lv in run["levels"]:
             mb = lv.get("mean_batch_size")
             lines.append(
