@@ -13,6 +13,8 @@ import sys
 import time
 from typing import Any
 
+from pydantic import BaseModel
+
 MAX_BATCH = 32
 BATCH_WAIT_S = 0.005
 
@@ -37,16 +39,16 @@ class Model:
         return [{"label": self.labels[b], "score": float(probs[i, b])} for i, b in enumerate(best)]
 
 
+class Req(BaseModel):
+    text: str
+
+
 def fastapi_server(model_dir: str, port: int) -> None:
     import uvicorn
     from fastapi import FastAPI
-    from pydantic import BaseModel
 
     model = Model(model_dir)
     app = FastAPI()
-
-    class Req(BaseModel):
-        text: str
 
     @app.post("/classify")
     def classify(req: Req) -> dict[str, Any]:  # sync: FastAPI runs it on its thread pool

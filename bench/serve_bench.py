@@ -79,7 +79,7 @@ def bare_model(path: Path, texts: list[str], quick: bool = False) -> dict[str, A
     for x in ids[:8]:
         backend.predict([x])
     single = []
-    for x in ids[: 50 if quick else 150]:
+    for x in ids[: 50 if quick else 100]:
         t0 = time.perf_counter()
         backend.predict([x])
         single.append(time.perf_counter() - t0)
@@ -87,7 +87,7 @@ def bare_model(path: Path, texts: list[str], quick: bool = False) -> dict[str, A
     table = []
     for order in ("arrival", "length-sorted"):
         seq = sorted(ids, key=len) if order == "length-sorted" else ids
-        for b in (1, 16, 32) if quick else (1, 4, 8, 16, 32, 64):
+        for b in (1, 16, 32) if quick else (1, 8, 16, 32, 64):
             backend.predict(seq[:b])
             t0 = time.perf_counter()
             for i in range(0, len(seq), b):
@@ -289,7 +289,7 @@ def run_target(target: Target, texts: list[str], tmp: Path, scale: float) -> dic
 
         levels = []
         for c in CONCURRENCY:
-            total = max(int(scale * max(100, 12 * c)), 4 * c)
+            total = max(int(scale * max(60, 6 * c)), 4 * c)
             asyncio.run(closed_loop(port, target.path, texts, c, 2 * c), loop_factory=uvloop.new_event_loop)  # warm
             before = scrape_batching(port) if target.scrape_metrics else (0.0, 0.0)
             result = asyncio.run(closed_loop(port, target.path, texts, c, total), loop_factory=uvloop.new_event_loop)
