@@ -387,6 +387,7 @@ def main() -> None:
     out = Path(args.out)
     out.with_suffix(".json").write_text(json.dumps(report, indent=2, default=float))
     out.with_suffix(".md").write_text(markdown(report))
+    Path(args.out).with_suffix(".partial.json").unlink(missing_ok=True)
     print(json.dumps(goals, indent=2, default=float))
 
 
