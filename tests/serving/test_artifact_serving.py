@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -82,23 +84,31 @@ def test_onnx_variant_of_an_artifact_answers_like_the_torch_model(
     np.testing.assert_allclose(_scores(onnx_server), _scores(classifier_server), atol=1e-3)
 
 
-def _run(artifact_dir: Path, variant: str, tmp_path: Path) -> tuple[int, str]:
-    cfg = json.loads(dump(serve_config(artifact_dir, "r8", port=free_port())))
+def _run(artifact_dir: Path, variant: str, tmp_path: Path) -> tuple[int, str, bool]:
+    """Run `deepseek-worker serve`; (exit code, termination message, whether /v2/health/ready said 503)."""
+    port = free_port()
+    cfg = json.loads(dump(serve_config(artifact_dir, "r8", port=port)))
     cfg["variant"] = variant
     (tmp_path / "run.json").write_text(json.dumps(cfg))
     env = {**os.environ, "DEEPSEEK_TERMINATION_LOG": str(tmp_path / "termination-log")}
-    proc = subprocess.run(
+    proc = subprocess.Popen(
         [sys.executable, "-m", "deepseek_workers.cli", "serve", "--config", str(tmp_path / "run.json")],
         env=env,
-        capture_output=True,
-        timeout=240,
-        check=False,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
-    return proc.returncode, (tmp_path / "termination-log").read_text()
+    saw_not_ready = False
+    deadline = time.monotonic() + 240
+    while proc.poll() is None and time.monotonic() < deadline:
+        with contextlib.suppress(httpx.TransportError):
+            saw_not_ready |= httpx.get(f"http://127.0.0.1:{port}/v2/health/ready", timeout=2).status_code == 503
+        time.sleep(0.05)
+    code = proc.wait(timeout=30)
+    return code, (tmp_path / "termination-log").read_text(), saw_not_ready
 
 
 def test_variant_the_artifact_lacks_exits_66_at_once(artifact: Path, tmp_path: Path) -> None:
-    code, message = _run(artifact, "int8", tmp_path)
+    code, message, _ = _run(artifact, "int8", tmp_path)
     assert code == EXIT_BAD_ARTIFACT
     assert "has no variant 'int8'; it has: fp32, onnx-fp32" in message
 
@@ -110,7 +120,8 @@ def test_tampered_artifact_is_refused_with_exit_66(artifact: Path, tmp_path: Pat
     data = bytearray(weights.read_bytes())
     data[len(data) // 2] ^= 0xFF  # same size, one bit pattern changed: only the hash can tell
     weights.write_bytes(bytes(data))
-    code, message = _run(bad, "fp32", tmp_path)
+    code, message, saw_not_ready = _run(bad, "fp32", tmp_path)
     assert code == EXIT_BAD_ARTIFACT
+    assert saw_not_ready  # live (port open, not ready) while verifying, then gone with exit 66
     assert "sha256" in message
     assert "fp32/model.safetensors" in message

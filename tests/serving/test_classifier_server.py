@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 from typing import Any
 
@@ -190,17 +191,24 @@ def test_disconnected_callers_work_is_dropped(classifier_server: LiveServer) -> 
     async def run() -> list[int]:
         async with httpx.AsyncClient(base_url=classifier_server.url, timeout=180) as client:
             busy = [asyncio.ensure_future(client.post("/classify", json={"text": LONG_TEXT})) for _ in range(16)]
-            await asyncio.sleep(0.05)
+            # Wait until all 16 reached the server, so that the next three queue behind them (FIFO, same length).
+            done_before = metric_value(before, "deepseek_serve_requests_total", endpoint="/classify")
+            while True:
+                m = (await client.get("/metrics")).text
+                held = metric_value(m, "deepseek_serve_in_flight_requests") - 1  # minus this scrape
+                if held + metric_value(m, "deepseek_serve_requests_total", endpoint="/classify") - done_before >= 16:
+                    break
+                await asyncio.sleep(0.01)
             # Three callers send a request and hang up while it waits behind the busy ones.
             for _ in range(3):
-                payload = b'{"text": "crude oil prices fell"}'
+                payload = json.dumps({"text": LONG_TEXT}).encode()
                 with socket.create_connection((host, int(port))) as s:
                     s.sendall(
                         b"POST /classify HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                         + f"Content-Length: {len(payload)}\r\n\r\n".encode()
                         + payload
                     )
-                    await asyncio.sleep(0.02)
+                    await asyncio.sleep(0.05)
             return [r.status_code for r in await asyncio.gather(*busy)]
 
     assert asyncio.run(run()) == [200] * 16

@@ -58,7 +58,7 @@ def test_openapi_document_covers_every_endpoint(classifier_server: LiveServer) -
 
 @pytest.mark.timeout(900)
 def test_schemathesis_finds_no_server_error_on_the_classifier(classifier_server: LiveServer, tmp_path: Path) -> None:
-    result = schemathesis(classifier_server.url, tmp_path, "--phases", "examples,coverage,fuzzing", "--max-time", "40")
+    result = schemathesis(classifier_server.url, tmp_path, "--phases", "examples,coverage,fuzzing", "--max-time", "30")
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
     generated = re.search(r"(\d+) generated, (\d+) passed", result.stdout)
     assert generated, result.stdout[-3000:]
@@ -70,7 +70,7 @@ def test_schemathesis_finds_no_server_error_on_the_classifier(classifier_server:
 def test_schemathesis_finds_no_server_error_on_the_openai_api(lm_server: LiveServer, tmp_path: Path) -> None:
     # Schema-valid generation requests may ask for thousands of tokens (minutes each on a CPU), so the
     # generating endpoints get only schema-violating payloads here; the openai-client tests cover valid ones.
-    reads = schemathesis(lm_server.url, tmp_path, "--include-method", "GET", "--max-time", "15")
+    reads = schemathesis(lm_server.url, tmp_path, "--include-method", "GET", "--max-time", "10")
     assert reads.returncode == 0, reads.stdout[-6000:] + reads.stderr[-2000:]
     writes = schemathesis(
         lm_server.url,
@@ -82,6 +82,6 @@ def test_schemathesis_finds_no_server_error_on_the_openai_api(lm_server: LiveSer
         "--phases",
         "examples,fuzzing",
         "--max-time",
-        "30",
+        "20",
     )
     assert writes.returncode == 0, writes.stdout[-6000:] + writes.stderr[-2000:]

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -14,14 +12,13 @@ import time
 from pathlib import Path
 
 import httpx
-import pytest
 from deepseek_workers.runconfig import EXIT_BAD_ARTIFACT, dump
 
 from tests.fixtures.ml import FineTunedClassifier
 from tests.serving.conftest import free_port, metric_value, serve_config, wait_ready
 
 # ~450 tokens: long enough that 40 of them take the model a while, so most are still queued at SIGTERM.
-TEXT = " ".join(["shares of the company rose after the merger agreement and the acquisition of its rival"] * 28)
+TEXT = " ".join(["shares of the company rose after the merger agreement and the acquisition of its rival"] * 16)
 
 
 def _start(config_path: Path, tmp_path: Path) -> subprocess.Popen[bytes]:
@@ -49,7 +46,7 @@ def test_sigterm_under_load_loses_no_accepted_request(finetuned_minilm_r8: FineT
     url = f"http://127.0.0.1:{port}"
     try:
         wait_ready(url)
-        n = 40
+        n = 24
 
         async def scenario() -> tuple[list[int], int, int, int, float]:
             limits = httpx.Limits(max_connections=n + 4)
@@ -102,26 +99,3 @@ def test_variant_missing_from_artifact_exits_66(finetuned_minilm_r8: FineTunedCl
     proc = _start(tmp_path / "run.json", tmp_path)
     assert proc.wait(timeout=120) == EXIT_BAD_ARTIFACT
     assert "onnx-int8" in (tmp_path / "termination-log").read_text()
-
-
-@pytest.mark.timeout(300)
-def test_corrupt_weights_exit_66_after_the_port_opened(
-    finetuned_minilm_r8: FineTunedClassifier, tmp_path: Path
-) -> None:
-    broken = tmp_path / "model"
-    shutil.copytree(finetuned_minilm_r8.path, broken)
-    weights = broken / "model.safetensors"
-    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 3])  # truncated copy
-    port = free_port()
-    (tmp_path / "run.json").write_text(dump(serve_config(broken, "r8", port=port)))
-    proc = _start(tmp_path / "run.json", tmp_path)
-    # Live (the process answers) but never ready, then gone with the artifact exit code.
-    saw_not_ready = False
-    deadline = time.monotonic() + 240
-    while proc.poll() is None and time.monotonic() < deadline:
-        with contextlib.suppress(httpx.TransportError):
-            saw_not_ready |= httpx.get(f"http://127.0.0.1:{port}/v2/health/ready", timeout=2).status_code == 503
-        time.sleep(0.1)
-    assert proc.wait(timeout=30) == EXIT_BAD_ARTIFACT
-    assert saw_not_ready
-    assert "cannot load the model" in (tmp_path / "termination-log").read_text()

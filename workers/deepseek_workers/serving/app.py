@@ -382,6 +382,11 @@ async def _disconnected(receive: Callable[[], Awaitable[MutableMapping[str, Any]
             return
 
 
+def _consume(f: asyncio.Future[Any]) -> None:
+    if not f.cancelled():
+        f.exception()
+
+
 async def until_disconnect(request: Request, awaitable: Awaitable[T]) -> T:
     """Await ``awaitable`` unless the client disconnects first (then it is cancelled: its work is dropped)."""
     work = asyncio.ensure_future(awaitable)
@@ -396,6 +401,7 @@ async def until_disconnect(request: Request, awaitable: Awaitable[T]) -> T:
     if work.done():
         return work.result()
     work.cancel()
+    work.add_done_callback(_consume)  # a cancelled gather ends with an exception nobody else reads
     request.scope["deepseek.client_gone"] = True
     raise ClientGoneError()
 
