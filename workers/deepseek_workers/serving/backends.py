@@ -408,13 +408,14 @@ def _labels(model_dir: Path, config: Any, extra: dict[str, Any] | None = None) -
 def load_backend(uri: str, variant: str) -> Backend:
     """Load, verify and wrap the model. Raises BadArtifactError (exit 66) with the reason when it cannot."""
     source = describe(uri, variant)
-    log.info("torch intra-op threads: %d", configure_threads())
     try:
         if not source.artifact:
+            log.info("torch intra-op threads: %d", configure_threads())
             return _load_hf(_local_dir(uri), source.task, None)
         from deepseek_workers.artifact import open_artifact
 
         art = open_artifact(uri)  # sha256 of every file; s3:// is downloaded to the model cache first
+        log.info("torch intra-op threads: %d", configure_threads())  # after verification: fail fast first
         entry = art.variant(variant)
         path = art.variant_path(variant)
         # Config, tokenizer and labels live with the fp32 model; INT8 and ONNX variants reuse them.
