@@ -58,6 +58,7 @@ FALLBACK_IMAGES: dict[str, ImageConfig] = {
 }
 REPO_ROOT = Path(__file__).resolve().parents[3]
 _EVENT_REPEAT_SECONDS = 30.0
+MIN_CPUS = 8
 
 
 def _now_micro() -> str:
@@ -119,7 +120,9 @@ class NodeAgent:
             if value is not None:
                 parse_quantity(value)  # fail early on a bad --cpu/--memory
         self.capacity: dict[str, str] = {
-            "cpu": cpu or str(os.cpu_count() or 1),
+            # At least MIN_CPUS: CPU requests only steer the scheduler here (nothing is throttled), and the examples
+            # ask for 2 CPUs for training besides the operator's 0.1, which must fit on a 2-core laptop.
+            "cpu": cpu or str(max(os.cpu_count() or 1, MIN_CPUS)),
             "memory": memory or _memory_total(),
             "pods": str(pods),
             "ephemeral-storage": str(shutil.disk_usage(self.cluster_dir).total),
@@ -530,7 +533,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--name", default=DEFAULT_NODE_NAME, help="node name (default %(default)s)")
     parser.add_argument("--workdir", type=Path, help="pod and volume directories (default CLUSTER_DIR/node-NAME)")
     parser.add_argument("--network", choices=["auto", "bridge", "host"], default="auto")
-    parser.add_argument("--cpu", help="cpu capacity to report (default: this machine's cores)")
+    parser.add_argument("--cpu", help=f"cpu capacity to report (default: this machine's cores, at least {MIN_CPUS})")
     parser.add_argument("--memory", help="memory capacity to report (default: this machine's memory)")
     parser.add_argument("--pods", type=int, default=110)
     parser.add_argument("--storage-class", default="local-exec", help="'' for no StorageClass/provisioner")
