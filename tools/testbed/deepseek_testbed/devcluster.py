@@ -371,8 +371,8 @@ def up(
         cluster.stop()
 
 
-def up_detached(workdir: Path, extra: list[str], timeout: float = 900.0) -> int:
-    """Start `devcluster up` in the background (own session, log in the work dir); return once it is ready."""
+def up_detached(workdir: Path, extra: list[str], timeout: float = 900.0, *, print_kubeconfig: bool = True) -> int:
+    """Start `devcluster up` in the background (own session, log in the temp dir); return once it is ready."""
     workdir.mkdir(parents=True, exist_ok=True)
     log_file = Path(tempfile.gettempdir()) / f"deepseek-devcluster-{os.getuid()}-{os.getpid()}.log"
     with log_file.open("wb") as out:
@@ -391,7 +391,8 @@ def up_detached(workdir: Path, extra: list[str], timeout: float = 900.0) -> int:
         with contextlib.suppress(TestbedError, ValueError):
             state = DevCluster.read_state(workdir)
             if int(state["owner_pid"]) == proc.pid:
-                print(state["kubeconfig"], flush=True)
+                if print_kubeconfig:
+                    print(state["kubeconfig"], flush=True)
                 log.info("dev cluster runs in the background (pid %d, log %s)", proc.pid, log_file)
                 return 0
         time.sleep(0.5)

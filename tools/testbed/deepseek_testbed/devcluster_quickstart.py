@@ -291,7 +291,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     workdir: Path = args.workdir.resolve()
     name = "minilm-r8"
     say(f"starting the dev cluster in {workdir} (control plane, node local-exec, CRDs, operator)")
-    if up_detached(workdir, []) != 0:
+    if up_detached(workdir, [], print_kubeconfig=False) != 0:
         return 1
     code = 1
     try:
