@@ -372,10 +372,11 @@ def up(
 
 
 def up_detached(workdir: Path, extra: list[str], timeout: float = 900.0, *, print_kubeconfig: bool = True) -> int:
-    """Start `devcluster up` in the background (own session, log in the temp dir); return once it is ready."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    log_file = Path(tempfile.gettempdir()) / f"deepseek-devcluster-{os.getuid()}-{os.getpid()}.log"
-    with log_file.open("wb") as out:
+    """Start `devcluster up` in the background (own session); return once it is ready. Its output goes to
+    `<workdir>.log` beside the work directory (which `up` wipes)."""
+    workdir.parent.mkdir(parents=True, exist_ok=True)
+    log_file = workdir.with_name(workdir.name + ".log")
+    with log_file.open("ab") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "deepseek_testbed", "devcluster", "up", f"--workdir={workdir}", *extra],
             stdin=subprocess.DEVNULL,
