@@ -91,31 +91,37 @@ def inference_line(obj: dict[str, Any]) -> str:
     return f"{phase}, {ready}" + (f" ({reason})" if reason else "")
 
 
+def _stage_key(training: dict[str, Any]) -> tuple[str, str]:
+    status = training.get("status") or {}
+    return str(status.get("phase")), str((status.get("progress") or {}).get("stage"))
+
+
 def wait_for_results(kubectl: Kubectl, ns: str, name: str, timeout: float) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Print progress until the training succeeded and the inference is Ready (or something failed)."""
+    """Print progress until the training succeeded and the inference is Ready (or something failed): a line
+    when the training's phase or stage changes, else at most every 30 s; the inference's line when it changes."""
     deadline = time.monotonic() + timeout
-    last: tuple[str, str] = ("", "")
+    last_training, last_inference, last_key = "", "", ("", "")
     last_print = 0.0
     while time.monotonic() < deadline:
         training = get(kubectl, ns, "deepseektraining", name)
         inference = get(kubectl, ns, "deepseekinference", name)
-        lines = (training_line(training), inference_line(inference))
+        t_line, i_line, key = training_line(training), inference_line(inference), _stage_key(training)
         now = time.monotonic()
-        # A line when a phase or the inference changes; progress at most every 10 s.
-        changed = lines[0].split(" ")[0] != last[0].split(" ")[0] or lines[1] != last[1]
-        if lines != last and (changed or now - last_print > 10):
-            say(f"training {name}: {lines[0]}")
-            say(f"inference {name}: {lines[1]}")
-            last, last_print = lines, now
+        if t_line != last_training and (key != last_key or now - last_print >= 30):
+            say(f"training {name}: {t_line}")
+            last_training, last_key, last_print = t_line, key, now
+        if i_line != last_inference:
+            say(f"inference {name}: {i_line}")
+            last_inference = i_line
         t_phase = (training.get("status") or {}).get("phase")
         i_status = inference.get("status") or {}
         if t_phase == "Failed" or i_status.get("phase") == "Failed":
-            raise TestbedError(f"the quickstart failed: training {lines[0]}; inference {lines[1]}")
+            raise TestbedError(f"the quickstart failed: training {t_line}; inference {i_line}")
         ready = any(c["type"] == "Ready" and c["status"] == "True" for c in i_status.get("conditions") or [])
         if t_phase == "Succeeded" and ready:
             return training, inference
         time.sleep(2)
-    raise TestbedError(f"not done within {timeout:.0f}s: training {last[0]}; inference {last[1]}")
+    raise TestbedError(f"not done within {timeout:.0f}s: training {last_training}; inference {last_inference}")
 
 
 def service_of(inference: dict[str, Any]) -> tuple[str, str]:
