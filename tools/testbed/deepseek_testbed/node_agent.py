@@ -169,6 +169,11 @@ class NodeAgent:
                 "the node agent needs root (mount and PID namespaces, bind mounts, a bridge for pod networking); "
                 "run it as root or with sudo (the dev cluster uses `sudo -n` when it is not root)"
             )
+        # Signals first: a SIGTERM during start-up still ends in a clean shutdown (bridge removed).
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stop.set)
+        loop.add_signal_handler(signal.SIGUSR1, self._dump_tasks)
         state = ControlPlane.read_state(self.cluster_dir)
         server = str(state["server"])
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -234,10 +239,6 @@ class NodeAgent:
         )
         if ready_file is not None:
             await asyncio.to_thread(ready_file.write_text, f"{self.node_name} {self.network.node_ip} {port}\n")
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self._stop.set)
-        loop.add_signal_handler(signal.SIGUSR1, self._dump_tasks)
         stopper = asyncio.create_task(self._stop.wait())
         await asyncio.wait([stopper, *self._tasks], return_when=asyncio.FIRST_COMPLETED)
         for t in self._tasks:
