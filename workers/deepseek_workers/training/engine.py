@@ -24,6 +24,7 @@ import resource
 import signal
 import tempfile
 import time
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -57,6 +58,7 @@ from deepseek_workers.training.telemetry import TrainingMetrics
 log = logging.getLogger(__name__)
 
 MAX_GRAD_NORM = 1.0
+TRAIN_LOSS_WINDOW = 20  # the reported trainLoss: mean over the final optimizer steps, over all ranks
 # Test hook: SIGKILL this process right after finishing this optimizer step (a crash at a known point).
 FAULT_KILL_AFTER_STEP_ENV = "DEEPSEEK_FAULT_KILL_AFTER_STEP"
 EXIT_INTERRUPTED = 143  # 128 + SIGTERM: stopped on request after writing a checkpoint
@@ -330,6 +332,7 @@ class _Run:
         self.train_routing = torch.zeros(0)  # dynamic-sparse: tokens per (block, expert) seen in training
         self.routed_train = 0.0
         self.last_loss = math.nan
+        self.recent_losses: deque[torch.Tensor] = deque(maxlen=TRAIN_LOSS_WINDOW)
         self.scratch = Path(tempfile.mkdtemp(prefix="deepseek-train-"))
 
     # -- setup ---------------------------------------------------------------------------------------------
@@ -447,6 +450,7 @@ class _Run:
                 "train_seconds": c.train_seconds,
                 "last_eval": dict(c.last_eval),
                 "last_eval_step": c.last_eval_step,
+                "recent_losses": [float(x) for x in self.recent_losses],
             }
             uri = checkpoint.save(
                 self.cfg.output_uri,
@@ -498,6 +502,7 @@ class _Run:
         c.train_seconds = float(t["train_seconds"])
         c.last_eval, c.last_eval_step = dict(t["last_eval"]), int(t["last_eval_step"])
         c.resumed_from = c.step
+        self.recent_losses.extend(torch.tensor(x, device=self.d.device) for x in t["recent_losses"])
         log.info("resumed from checkpoint %s (step %d)", ckpt.uri, c.step)
 
     # -- the loop ------------------------------------------------------------------------------------------
@@ -522,6 +527,7 @@ class _Run:
             if epoch != order_epoch:
                 order, order_epoch = epoch_order(t.seed, epoch, len(self.train_set)), epoch
             local_tokens = 0
+            step_loss = torch.zeros((), device=d.device)
             for a, rows in enumerate(micro_batches(plan, order, in_epoch, d.rank)):
                 batch = collate(self.train_set, rows, d.device)
                 local_tokens += int(batch["attention_mask"].sum())
@@ -532,7 +538,7 @@ class _Run:
                         out = self.ddp(**batch)
                     loss = out.loss / plan.accumulation
                     self.scaler.scale(loss).backward()
-                loss_sum += loss.detach()
+                step_loss += loss.detach()
                 counts = getattr(out, "expert_counts", None)
                 if counts is not None:
                     counts = counts.detach().cpu()
@@ -544,6 +550,8 @@ class _Run:
             self.scaler.update()
             self.optimizer.zero_grad(set_to_none=True)
             self.scheduler.step()
+            loss_sum += step_loss
+            self.recent_losses.append(step_loss)
             c.step += 1
             loss_n += 1
             step_seconds = time.perf_counter() - step_started
@@ -712,6 +720,12 @@ class _Run:
 
     # -- the end -------------------------------------------------------------------------------------------
 
+    def _final_train_loss(self) -> float:
+        if not self.recent_losses:
+            return math.nan
+        mean = torch.stack(list(self.recent_losses)).mean().reshape(1).double()
+        return float(self.d.sum_(mean).item()) / self.d.world
+
     def _peak_memory(self) -> float:
         if self.d.device.type == "cuda":
             return float(torch.cuda.max_memory_allocated(self.d.device))
@@ -725,7 +739,7 @@ class _Run:
         m: dict[str, float] = dict(c.last_eval)
         m.update(
             {
-                "trainLoss": self.last_loss,
+                "trainLoss": self._final_train_loss(),
                 "steps": float(c.step),
                 "epochs": c.step / plan.steps_per_epoch,
                 "trainRows": float(len(data.train)),
