@@ -330,7 +330,8 @@ class _Run:
         self.counters = Counters()
         self.labels: list[str] = []
         self.train_routing = torch.zeros(0)  # dynamic-sparse: tokens per (block, expert) seen in training
-        self.routed_train = 0.0
+        self.routed_train: torch.Tensor | float = 0.0
+        self.peak_before_training = 0.0
         self.last_loss = math.nan
         self.recent_losses: deque[torch.Tensor] = deque(maxlen=TRAIN_LOSS_WINDOW)
         self.scratch = Path(tempfile.mkdtemp(prefix="deepseek-train-"))
@@ -514,12 +515,13 @@ class _Run:
         eval_every = t.eval_every_steps or plan.steps_per_epoch
         loss_sum = torch.zeros((), device=d.device)
         loss_n = 0
-        window_start, window_samples, window_tokens = time.perf_counter(), 0, 0
+        window_start, window_samples, window_tokens, window_seconds = time.perf_counter(), 0, 0, 0.0
         # Local, time-based cadence (no collectives): progress for the operator, gauges for Prometheus.
         publish_every = cfg.progress.interval_seconds
         order: list[int] = []
         order_epoch = -1
         self.ddp.train()
+        self.peak_before_training = self._peak_memory()
         self._progress(None, force=True)
         while c.step < plan.total_steps:
             step_started = time.perf_counter()
@@ -530,7 +532,7 @@ class _Run:
             step_loss = torch.zeros((), device=d.device)
             for a, rows in enumerate(micro_batches(plan, order, in_epoch, d.rank)):
                 batch = collate(self.train_set, rows, d.device)
-                local_tokens += int(batch["attention_mask"].sum())
+                local_tokens += sum(len(self.train_set.input_ids[i]) for i in rows)  # no device sync
                 sync = a == plan.accumulation - 1
                 ctx = self.ddp.no_sync() if d.distributed and not sync else contextlib.nullcontext()  # type: ignore[operator]
                 with ctx:
@@ -540,10 +542,10 @@ class _Run:
                     self.scaler.scale(loss).backward()
                 step_loss += loss.detach()
                 counts = getattr(out, "expert_counts", None)
-                if counts is not None:
-                    counts = counts.detach().cpu()
+                if counts is not None:  # kept on the device: no sync per step
+                    counts = counts.detach()
                     self.train_routing = counts if self.train_routing.numel() == 0 else self.train_routing + counts
-                    self.routed_train += float(out.routed_tokens)
+                    self.routed_train = self.routed_train + out.routed_tokens.detach()
             self.scaler.unscale_(self.optimizer)
             torch.nn.utils.clip_grad_norm_(self.params, MAX_GRAD_NORM)
             self.scaler.step(self.optimizer)
@@ -555,7 +557,6 @@ class _Run:
             c.step += 1
             loss_n += 1
             step_seconds = time.perf_counter() - step_started
-            c.train_seconds += step_seconds
             c.samples += plan.global_batch
             tokens = local_tokens * d.world  # an estimate for the job: other ranks' padding differs slightly
             c.tokens += tokens
@@ -564,13 +565,16 @@ class _Run:
             self.metrics.step_seconds.observe(step_seconds)
             self.metrics.samples.inc(plan.global_batch)
             self.metrics.tokens.inc(tokens)
-
-            elapsed = time.perf_counter() - window_start
-            if elapsed >= publish_every or c.step == plan.total_steps:
-                self._publish_window(loss_sum, loss_n, window_samples, window_tokens, elapsed)
+            if time.perf_counter() - window_start >= publish_every or c.step == plan.total_steps:
+                seconds = window_seconds + time.perf_counter() - step_started
+                self._publish_window(loss_sum, loss_n, window_samples, window_tokens, seconds)
                 loss_sum = torch.zeros((), device=d.device)
-                loss_n, window_samples, window_tokens = 0, 0, 0
+                loss_n, window_samples, window_tokens, window_seconds = 0, 0, 0, -(time.perf_counter() - step_started)
                 window_start = time.perf_counter()
+            # Training time: the step and its bookkeeping, not evaluation or checkpoint writing (timed apart).
+            loop_seconds = time.perf_counter() - step_started
+            c.train_seconds += loop_seconds
+            window_seconds += loop_seconds
             if c.step % eval_every == 0 or c.step == plan.total_steps:
                 self._evaluate()
                 self.ddp.train()
@@ -613,7 +617,7 @@ class _Run:
             cfg = self.loaded.sparse_config
             assert cfg is not None
             m.active_fraction.set(
-                measured_active_fraction(self.train_routing, self.routed_train, cfg.num_local_experts)
+                measured_active_fraction(self.train_routing.cpu(), float(self.routed_train), cfg.num_local_experts)
             )
         self._progress(
             {"loss": self.last_loss, "learningRate": lr, "samplesPerSecond": sps, "etaSeconds": eta}, force=True
@@ -758,12 +762,13 @@ class _Run:
                 "trainStateBytes": float(4 * total + 12 * trainable),
                 "fullFineTuneStateBytes": float(16 * total),
                 "peakMemoryBytes": self._peak_memory(),
+                "peakMemoryBeforeTrainingBytes": self.peak_before_training,
             }
         )
         if self.train_routing.numel() and self.loaded.sparse_config is not None:
             cfg = self.loaded.sparse_config
             m["trainActiveFraction"] = measured_active_fraction(
-                self.train_routing, self.routed_train, cfg.num_local_experts
+                self.train_routing.cpu(), float(self.routed_train), cfg.num_local_experts
             )
         uri = None
         if self.d.main:
