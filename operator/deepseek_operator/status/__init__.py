@@ -1,0 +1,1 @@
+"""Pure status code: spec + observed children/reports -> status (phase, conditions, progress)."""
