@@ -54,6 +54,12 @@ def read_json(path: Path) -> Any:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
+def read_metrics(artifact: Path) -> dict[str, float]:
+    """metrics.json of a trained artifact, flattened ({"fp32": {...}, "training": {...}} -> one dict)."""
+    doc = read_json(artifact / "metrics.json")
+    return {**doc["training"], **doc["fp32"]}
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -19,7 +19,7 @@ def test_roundtrip_and_retention(tmp_path: Path) -> None:
         checkpoint.save(out, step, "fp-a", _payload(float(step)))
     kept = sorted(p.name for p in (tmp_path / "out" / "checkpoints").iterdir())
     assert kept == ["step-10", "step-15"]  # the newest KEEP=2
-    ckpt = checkpoint.load_latest(out, "fp-a", tmp_path / "scratch")
+    ckpt = checkpoint.load_latest(out, "fp-a")
     assert ckpt is not None
     assert ckpt.step == 15
     assert torch.equal(ckpt.payloads["model"]["w"], torch.full((3,), 15.0))
@@ -38,7 +38,7 @@ def test_incomplete_and_damaged_checkpoints_are_skipped(tmp_path: Path) -> None:
     (root / "step-30" / "model.pt").write_bytes(b"partial")
     # Bit rot in the newest complete one: its hash no longer matches.
     (root / "step-20" / "model.pt").write_bytes(b"garbage")
-    ckpt = checkpoint.load_latest(out, "fp", tmp_path / "scratch")
+    ckpt = checkpoint.load_latest(out, "fp")
     assert ckpt is not None
     assert ckpt.step == 10
 
@@ -46,10 +46,10 @@ def test_incomplete_and_damaged_checkpoints_are_skipped(tmp_path: Path) -> None:
 def test_other_configuration_and_stale_staging(tmp_path: Path) -> None:
     out = str(tmp_path / "out")
     checkpoint.save(out, 10, "fp-old", _payload(1.0))
-    assert checkpoint.load_latest(out, "fp-new", tmp_path / "scratch") is None
+    assert checkpoint.load_latest(out, "fp-new") is None
     stale = tmp_path / "out" / "checkpoints" / ".tmp-step-40-abcd1234"
     stale.mkdir()
     checkpoint.remove_stale_staging(out)
     assert not stale.exists()
     assert (tmp_path / "out" / "checkpoints" / "step-10" / "COMPLETE").is_file()
-    assert checkpoint.load_latest(str(tmp_path / "nothing"), "fp", tmp_path / "scratch") is None
+    assert checkpoint.load_latest(str(tmp_path / "nothing"), "fp") is None

@@ -9,7 +9,7 @@ import torch
 from deepseek_workers.training import run_training
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from tests.training.helpers import make_config, read_json
+from tests.training.helpers import make_config, read_metrics
 
 
 def test_smollm2_lora_fine_tunes_on_hamlet(tmp_path: Path) -> None:
@@ -20,7 +20,7 @@ def test_smollm2_lora_fine_tunes_on_hamlet(tmp_path: Path) -> None:
         training={"batchSize": 4, "maxSteps": 4, "learningRate": 1e-3, "lora": {"r": 4}},
     )
     run_training(cfg)
-    m = read_json(tmp_path / "v1" / "metrics.json")
+    m = read_metrics(tmp_path / "v1")
     # A pretrained LM reads Shakespeare far better than chance (uniform over 49,152 tokens would be 49,152).
     assert 1.0 < m["perplexity"] < 200.0, m
     assert abs(math.log(m["perplexity"]) - m["evalLoss"]) < 1e-6
@@ -43,7 +43,7 @@ def test_sparse_causal_lm_learns_hamlet_from_scratch(tmp_path: Path) -> None:
         training={"batchSize": 16, "maxSteps": 40, "learningRate": 3e-3, "sparsity": {"activeFraction": 0.3}},
     )
     run_training(cfg)
-    m = read_json(tmp_path / "v1" / "metrics.json")
+    m = read_metrics(tmp_path / "v1")
     # From random weights (perplexity ~ the 30,522-token vocabulary) to a model of the text's word statistics.
     assert m["perplexity"] < 1500, m
     assert abs(m["activeFraction"] - 0.3) <= 0.05

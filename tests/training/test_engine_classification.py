@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import threading
 import time
@@ -10,6 +9,7 @@ from pathlib import Path
 
 import httpx
 import torch
+from deepseek_workers.artifact import open_artifact
 from deepseek_workers.builtin_data import reuters_r8
 from deepseek_workers.training import run_training
 from deepseek_workers.training.telemetry import METRICS_HOST_ENV
@@ -17,7 +17,7 @@ from peft import PeftModel
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from tests.fixtures.ml import FineTunedClassifier
-from tests.training.helpers import TINY_SPARSE, free_port, make_config, read_json
+from tests.training.helpers import TINY_SPARSE, free_port, make_config, read_json, read_metrics
 
 R8_MAJORITY = 0.52  # share of 'earn', the largest class of the R8 test split (1,083 of 2,189 rows)
 
@@ -43,12 +43,14 @@ def test_minilm_bf16_on_a_few_thousand_r8_rows_beats_080(finetuned_minilm_r8: Fi
     assert m["accuracy"] > 0.80, m  # measured by the engine on 1,000 rows of the official test split
     assert 0.0 < m["macroF1"] <= 1.0
     assert m["trainRows"] == 2000
-    manifest = read_json(finetuned_minilm_r8.artifact / "manifest.json")
-    assert manifest["precision"] == "bf16"
-    assert manifest["task"] == "text-classification"
-    assert manifest["labels"] == finetuned_minilm_r8.labels
-    assert len(manifest["labels"]) == 8
-    listed = {f["path"] for f in manifest["files"]}
+    manifest = open_artifact(str(finetuned_minilm_r8.artifact)).manifest  # verifies every file's sha256
+    assert manifest.task == "text-classification"
+    assert manifest.served_variant == "fp32"
+    assert manifest.variants["fp32"].format == "hf-safetensors"
+    assert manifest.extra["precision"] == "bf16"
+    assert manifest.extra["labels"] == finetuned_minilm_r8.labels
+    assert len(finetuned_minilm_r8.labels) == 8
+    listed = {f.path for f in manifest.files}
     assert {"fp32/config.json", "fp32/model.safetensors", "fp32/tokenizer.json", "metrics.json"} <= listed
     # The published folder is a plain Hugging Face model: reload it and score held-out rows independently.
     acc = _accuracy(finetuned_minilm_r8.path, finetuned_minilm_r8.eval_rows[:300], finetuned_minilm_r8.labels)
@@ -68,7 +70,7 @@ def test_lora_trains_under_two_percent_of_parameters_and_learns(tmp_path: Path) 
     )
     run_training(cfg)
     art = tmp_path / "v1"
-    m = read_json(art / "metrics.json")
+    m = read_metrics(art)
     assert m["trainableFraction"] < 0.02
     assert m["trainStateBytes"] < 0.5 * m["fullFineTuneStateBytes"]
     assert m["accuracy"] > R8_MAJORITY + 0.15, m  # chance is 1/8; even always-'earn' scores only ~0.52
@@ -124,7 +126,7 @@ def test_sparse_model_learns_r8_at_the_requested_active_fraction(tmp_path: Path)
     finally:
         os.environ.pop(METRICS_HOST_ENV, None)
     assert not error, error
-    m = read_json(tmp_path / "v1" / "metrics.json")
+    m = read_metrics(tmp_path / "v1")
     assert m["accuracy"] > 0.80, m
     assert abs(m["activeFraction"] - 0.2) <= 0.05
     assert abs(m["trainActiveFraction"] - 0.2) <= 0.05
@@ -155,6 +157,6 @@ def test_fp16_with_gradient_scaler_trains(tmp_path: Path) -> None:
     run_training(cfg)
     scaler = torch.load(tmp_path / "checkpoints" / "step-6" / "scaler.pt", weights_only=True)
     assert scaler["scale"] > 0  # the scaler ran (its state is saved for resume)
-    m = read_json(tmp_path / "v1" / "metrics.json")
+    m = read_metrics(tmp_path / "v1")
     assert m["steps"] == 6
-    assert json.loads((tmp_path / "v1" / "manifest.json").read_text())["precision"] == "fp16"
+    assert read_json(tmp_path / "v1" / "manifest.json")["extra"]["precision"] == "fp16"

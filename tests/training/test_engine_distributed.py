@@ -14,7 +14,7 @@ from deepseek_workers.training import run_training
 from deepseek_workers.training.launch import torchrun_command
 from safetensors.torch import load_file
 
-from tests.training.helpers import config_dict, make_config, read_json, write_config
+from tests.training.helpers import config_dict, make_config, read_json, read_metrics, write_config
 
 
 @pytest.fixture
@@ -59,7 +59,7 @@ def test_two_process_ddp_matches_one_process(tmp_path: Path, minilm_without_drop
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "rank 1 of 2 (gloo)" in proc.stderr
 
-    a, b = read_json(single / "v1" / "metrics.json"), read_json(ddp / "v1" / "metrics.json")
+    a, b = read_metrics(single / "v1"), read_metrics(ddp / "v1")
     assert b["worldSize"] == 2
     assert a["steps"] == b["steps"] == 6
     # Tolerance: float sums in a different order (two half-batches, other thread counts), nothing more.

@@ -13,7 +13,7 @@ from deepseek_workers.training import run_training
 from deepseek_workers.training.engine import EXIT_INTERRUPTED, FAULT_KILL_AFTER_STEP_ENV
 from safetensors.torch import load_file
 
-from tests.training.helpers import config_dict, make_config, read_json, write_config
+from tests.training.helpers import config_dict, make_config, read_json, read_metrics, write_config
 
 TRAINING = {"epochs": 2, "batchSize": 16, "learningRate": 1e-3, "checkpointEverySteps": 5, "evalEverySteps": 8}
 DATASET = {"maxTrainSamples": 256, "maxEvalSamples": 96, "maxLength": 48}
@@ -67,7 +67,7 @@ def test_killed_run_resumes_to_the_same_result(tmp_path: Path) -> None:
     assert progress["state"] == "succeeded"
     assert progress["resumedFromStep"] == newest
 
-    a, b = read_json(reference / "v1" / "metrics.json"), read_json(out / "v1" / "metrics.json")
+    a, b = read_metrics(reference / "v1"), read_metrics(out / "v1")
     for key in ("evalLoss", "accuracy", "macroF1", "trainLoss", "steps"):
         assert abs(a[key] - b[key]) <= 1e-6, (key, a[key], b[key])
     wa = load_file(reference / "v1" / "fp32" / "model.safetensors")

@@ -16,7 +16,6 @@ import json
 import random
 from collections.abc import Iterable
 from dataclasses import dataclass
-from pathlib import Path
 
 from deepseek_workers.builtin_data import BuiltinDataMissingError, TextExample, load_builtin
 from deepseek_workers.errors import BadConfigError, BadDataError
@@ -137,20 +136,16 @@ def _location_source(loc: Location, resolved_path: str | None) -> str:
 
 
 def _read_text(source: str) -> str:
-    """The whole file as text: a local path, file:// or (through fsspec) s3://."""
-    try:
-        if source.startswith("s3://"):
-            import fsspec
+    """The whole file as text: a local path, file:// or s3://."""
+    from deepseek_workers.storage import Storage, StorageError
 
-            with fsspec.open(source, "rb") as f:
-                raw: bytes = f.read()
-        else:
-            raw = Path(source.removeprefix("file://")).read_bytes()
+    try:
+        raw = Storage.from_uri(source).read_bytes("")
     except FileNotFoundError:
         raise BadDataError(f"{source}: file not found") from None
     except IsADirectoryError:
         raise BadDataError(f"{source}: is a directory, expected a jsonl or csv file") from None
-    except (OSError, ValueError) as err:  # fsspec/s3fs raise OSError subclasses or ValueError for bad URLs
+    except (OSError, StorageError) as err:
         raise BadDataError(f"{source}: cannot read: {err}") from None
     try:
         return raw.decode("utf-8-sig")

@@ -49,7 +49,8 @@ from deepseek_workers.models.sparse import (
 )
 from deepseek_workers.progress import ProgressReporter, make_report, now_rfc3339
 from deepseek_workers.runconfig import EvalMetric, ProgressReport, TrainRunConfig
-from deepseek_workers.training import checkpoint, modeling, output, storage
+from deepseek_workers.storage import Storage, StorageError
+from deepseek_workers.training import checkpoint, modeling, output
 from deepseek_workers.training.batches import Encoded, collate, encode_causal, encode_classification
 from deepseek_workers.training.evaluation import classification_metrics, perplexity
 from deepseek_workers.training.launch import NUM_THREADS_ENV
@@ -307,7 +308,10 @@ def _quiet_libraries() -> None:
 
 
 def _reporter(cfg: TrainRunConfig) -> ProgressReporter:
-    local = None if storage.is_remote(cfg.output_uri) else storage.local_path(cfg.output_uri)
+    try:
+        local = Storage.from_uri(cfg.output_uri).local_path()
+    except StorageError as err:
+        raise BadConfigError(f"outputUri: {err}") from None
     return ProgressReporter(cfg.progress, local)
 
 
@@ -334,19 +338,22 @@ class _Run:
         self.peak_before_training = 0.0
         self.last_loss = math.nan
         self.recent_losses: deque[torch.Tensor] = deque(maxlen=TRAIN_LOSS_WINDOW)
-        self.scratch = Path(tempfile.mkdtemp(prefix="deepseek-train-"))
+        # Writable scratch (pods have a read-only root filesystem; the model cache is a mounted emptyDir).
+        cache = builtin_models.model_cache_dir()
+        cache.mkdir(parents=True, exist_ok=True)
+        self.scratch = Path(tempfile.mkdtemp(prefix=".train-", dir=cache))
 
     # -- setup ---------------------------------------------------------------------------------------------
 
     def run(self) -> None:
         cfg, d = self.cfg, self.d
         dest = output.destination(cfg)
-        done = output.published_manifest(dest)
-        if done is not None and done.get("fingerprint") == self.fingerprint:
+        done = output.published(cfg, self.fingerprint)
+        if done is not None:
             log.info("artifact %s is already published by this configuration; nothing to do", dest)
-            self._final(dest, {k: float(v) for k, v in (done.get("metrics") or {}).items()}, done.get("steps", 0))
+            metrics = output.flat_metrics(json.loads(Storage.from_uri(dest).read_text("metrics.json")))
+            self._final(dest, metrics, int(done.extra.get("steps", 0)))
             return
-        builtin_models.model_cache_dir().mkdir(parents=True, exist_ok=True)
         model_dir = modeling.resolve_model_dir(cfg, self.scratch)
         data = load_training_data(cfg, modeling.existing_labels(model_dir) if cfg.model.task != "causal-lm" else None)
         loaded = modeling.load(cfg, model_dir, data.labels)
@@ -477,7 +484,7 @@ class _Run:
         if self.d.main:
             checkpoint.remove_stale_staging(self.cfg.output_uri)
         self.d.barrier()
-        ckpt = checkpoint.load_latest(self.cfg.output_uri, self.fingerprint, self.scratch)
+        ckpt = checkpoint.load_latest(self.cfg.output_uri, self.fingerprint)
         if ckpt is None:
             return
         p = ckpt.payloads
@@ -772,9 +779,8 @@ class _Run:
             )
         uri = None
         if self.d.main:
-            facts = {
+            extra = {
                 "fingerprint": self.fingerprint,
-                "task": self.cfg.model.task,
                 "labels": data.labels,
                 "maxLength": self.cfg.dataset.max_length,
                 "baseModel": self.loaded.description,
@@ -782,7 +788,7 @@ class _Run:
                 "precision": self.precision.name,
                 "lora": self.loaded.lora,
                 "steps": c.step,
-                "metrics": m,
+                "worldSize": self.d.world,
             }
             uri = output.publish_trained(
                 self.cfg,
@@ -790,7 +796,7 @@ class _Run:
                 tokenizer=self.loaded.tokenizer,
                 lora=self.loaded.lora,
                 metrics=m,
-                facts=facts,
+                extra=extra,
             )
             log.info("published %s: %s", uri, json.dumps({k: round(v, 5) for k, v in m.items()}))
         self.d.barrier()

@@ -25,6 +25,7 @@ from transformers import (
 )
 
 from deepseek_workers import builtin_models
+from deepseek_workers.artifact import MANIFEST, open_artifact
 from deepseek_workers.errors import BadArtifactError, BadConfigError
 from deepseek_workers.models import SparseGatedConfig
 from deepseek_workers.models.sparse import (
@@ -36,7 +37,7 @@ from deepseek_workers.models.sparse import (
     experts_for_fraction,
 )
 from deepseek_workers.runconfig import TrainRunConfig
-from deepseek_workers.training import storage
+from deepseek_workers.storage import Storage, StorageError
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +59,12 @@ class LoadedModel:
 
 
 def resolve_model_dir(cfg: TrainRunConfig, cache: Path) -> Path | None:
-    """Local Hugging Face directory of the starting model (None: the sparse model trained from scratch)."""
+    """Local Hugging Face directory of the starting model (None: the sparse model trained from scratch).
+
+    A published artifact (a directory with manifest.json, e.g. an earlier run's output) is verified file by
+    file and its fp32 variant used; a plain Hugging Face folder is used as it is (an s3:// one is copied into
+    `cache` first).
+    """
     spec = cfg.model
     if spec.builtin is not None:
         if spec.builtin.name == SPARSE_BUILTIN:
@@ -67,26 +73,27 @@ def resolve_model_dir(cfg: TrainRunConfig, cache: Path) -> Path | None:
     if spec.pvc is not None:
         if cfg.model_path is None:
             raise BadConfigError("model.pvc is set but the run config has no resolved modelPath")
-        directory = Path(cfg.model_path)
+        location = cfg.model_path
     else:
         assert spec.uri is not None
-        if storage.is_remote(spec.uri):
-            target = cache / "input-model"
-            try:
-                directory = storage.download_tree(spec.uri, target)
-            except (OSError, ValueError) as err:
-                raise BadArtifactError(f"model.uri {spec.uri}: cannot download: {err}") from None
-        else:
-            directory = storage.local_path(spec.uri)
-    # A published artifact holds the Hugging Face folder under fp32/.
-    if not (directory / "config.json").is_file() and (directory / "fp32" / "config.json").is_file():
-        directory = directory / "fp32"
+        location = spec.uri
+    try:
+        store = Storage.from_uri(location)
+        if store.is_file(MANIFEST):
+            return open_artifact(location).variant_path("fp32")
+        directory = store.local_path()
+        if directory is None:
+            directory = cache / "input-model"
+            if not store.get_dir("", directory):
+                raise BadArtifactError(f"model {location} is empty or does not exist")
+    except StorageError as err:
+        raise BadArtifactError(f"model {location}: {err}") from None
     if not directory.is_dir():
         raise BadArtifactError(f"model directory {directory} does not exist")
     if not (directory / "config.json").is_file():
         raise BadArtifactError(
             f"model directory {directory} has no config.json: expected a Hugging Face-format folder "
-            "(config.json, model.safetensors, tokenizer files) or an artifact with fp32/"
+            "(config.json, model.safetensors, tokenizer files) or an artifact (manifest.json, fp32/)"
         )
     return directory
 

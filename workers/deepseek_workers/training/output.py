@@ -1,76 +1,71 @@
-"""Publishing the trained fp32 model as an artifact directory (layout in docs/architecture.md, "Artifacts").
+"""Publishing the trained fp32 model as an artifact (format and guarantees: docs/artifact.md).
+
+The train step writes `<outputUri>/trained/<version>` when a quantize step follows, else the published
+`<outputUri>/<version>` directly, through `deepseek_workers.artifact.write_artifact` (atomic: local rename, or
+every object before the manifest on S3):
 
 ```
-<dest>/fp32/          config.json, model.safetensors, tokenizer files (LoRA: the merged model)
-<dest>/adapter/       the LoRA adapter (peft format), when LoRA was used
-<dest>/metrics.json   what training measured
-<dest>/manifest.json  written last: file list with sha256 and size, source resource, versions, run facts
+fp32/          config.json, model.safetensors, tokenizer files (LoRA: the merged model)   variant "fp32"
+adapter/       the LoRA adapter in peft format (when LoRA was used)                       variant "adapter"
+metrics.json   {"fp32": {evaluation metrics}, "training": {everything else the run measured}}
+manifest.json  written last; `extra` holds labels, maxLength, baseModel, precision, lora, fingerprint, steps
 ```
-
-`publish_trained` is the one function that writes it; it goes through `StagedTree`, so a local artifact
-appears by rename and a remote one only gets its manifest after every file is uploaded.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-from pathlib import Path
 from typing import Any
 
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from deepseek_workers.progress import now_rfc3339
+from deepseek_workers.artifact import Manifest, read_manifest, write_artifact
+from deepseek_workers.errors import BadArtifactError, BadConfigError
 from deepseek_workers.runconfig import TrainRunConfig
-from deepseek_workers.training import storage
+from deepseek_workers.storage import AlreadyPublishedError, Storage, StorageError
 
-MANIFEST = "manifest.json"
-METRICS = "metrics.json"
-FORMAT_VERSION = 1
+# Evaluation results (what a quantize step compares INT8 against) go under "fp32"; the rest under "training".
+EVAL_KEYS = ("accuracy", "macroF1", "evalLoss", "perplexity")
 
 
 def destination(cfg: TrainRunConfig) -> str:
     """Where the train step publishes: `trained/<version>` when a quantize step follows, else `<version>`."""
-    if cfg.quantization.enabled:
-        return storage.join(cfg.output_uri, "trained", cfg.artifact_version)
-    return storage.join(cfg.output_uri, cfg.artifact_version)
+    sub = f"trained/{cfg.artifact_version}" if cfg.quantization.enabled else cfg.artifact_version
+    return f"{cfg.output_uri.rstrip('/')}/{sub}"
 
 
-def published_manifest(dest: str) -> dict[str, Any] | None:
-    """The manifest of an already published artifact at `dest`, or None."""
-    uri = storage.join(dest, MANIFEST)
+def published(cfg: TrainRunConfig, fingerprint: str) -> Manifest | None:
+    """The manifest of this run's artifact if it is already published by the same configuration, else None.
+
+    A version published by a *different* configuration is a conflict: versions are immutable.
+    """
+    dest = destination(cfg)
     try:
-        if not storage.exists(uri):
+        if not Storage.from_uri(dest).is_file("manifest.json"):
             return None
-        data = json.loads(storage.read_text(uri))
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
+        manifest = read_manifest(dest)
+    except (StorageError, BadArtifactError):
+        return None  # nothing usable there (an incomplete leftover is replaced when we publish)
+    if manifest.extra.get("fingerprint") != fingerprint:
+        raise BadConfigError(
+            f"artifactVersion {cfg.artifact_version!r} is already published at {dest} by a different training "
+            "configuration; versions are immutable, so use a new artifactVersion"
+        )
+    return manifest
 
 
-def _library_versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
+def split_metrics(metrics: dict[str, float]) -> dict[str, dict[str, float]]:
+    return {
+        "fp32": {k: v for k, v in metrics.items() if k in EVAL_KEYS},
+        "training": {k: v for k, v in metrics.items() if k not in EVAL_KEYS},
+    }
 
-    out = {}
-    for name in ("torch", "transformers", "peft", "deepseek-operator"):
-        try:
-            out[name] = version(name)
-        except PackageNotFoundError:
-            continue
+
+def flat_metrics(document: dict[str, Any]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for section in ("training", "fp32"):
+        out.update({k: float(v) for k, v in (document.get(section) or {}).items()})
     return out
-
-
-def _file_list(root: Path) -> list[dict[str, Any]]:
-    files = []
-    for p in sorted(root.rglob("*")):
-        if p.is_file() and p.name != MANIFEST:
-            h = hashlib.sha256()
-            with p.open("rb") as f:
-                for chunk in iter(lambda: f.read(1 << 20), b""):
-                    h.update(chunk)
-            files.append({"path": p.relative_to(root).as_posix(), "size": p.stat().st_size, "sha256": h.hexdigest()})
-    return files
 
 
 def publish_trained(
@@ -80,34 +75,27 @@ def publish_trained(
     tokenizer: PreTrainedTokenizerBase,
     lora: bool,
     metrics: dict[str, float],
-    facts: dict[str, Any],
+    extra: dict[str, Any],
 ) -> str:
     """Write the artifact for `cfg` and return its URI. `model` is unwrapped (a peft model when `lora`)."""
     dest = destination(cfg)
-    stage = storage.StagedTree(dest, MANIFEST)
     try:
-        fp32 = stage.path / "fp32"
-        if lora:
-            model.save_pretrained(str(stage.path / "adapter"))  # type: ignore[operator]
-            merged = model.merge_and_unload()  # type: ignore[operator]
-            merged.save_pretrained(str(fp32))
-        else:
-            model.save_pretrained(str(fp32))  # type: ignore[operator]
-        tokenizer.save_pretrained(str(fp32))
-        (stage.path / METRICS).write_text(json.dumps(metrics, indent=2, sort_keys=True), encoding="utf-8")
-        manifest = {
-            "formatVersion": FORMAT_VERSION,
-            "kind": "trained-model",
-            "createdAt": now_rfc3339(),
-            "source": cfg.source.model_dump(mode="json", by_alias=True),
-            "artifactVersion": cfg.artifact_version,
-            "libraries": _library_versions(),
-            **facts,
-            "files": _file_list(stage.path),
-        }
-        (stage.path / MANIFEST).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
-        stage.commit()
-    except BaseException:
-        stage.abort()
-        raise
+        with write_artifact(
+            dest, version=cfg.artifact_version, source=cfg.source, task=cfg.model.task, overwrite=False
+        ) as art:
+            if lora:
+                model.save_pretrained(str(art.dir / "adapter"))  # type: ignore[operator]
+                merged = model.merge_and_unload()  # type: ignore[operator]
+                merged.save_pretrained(str(art.dir / "fp32"))
+            else:
+                model.save_pretrained(str(art.dir / "fp32"))  # type: ignore[operator]
+            tokenizer.save_pretrained(str(art.dir / "fp32"))
+            art.add_variant("fp32", "fp32", "hf-safetensors", info={"precision": "fp32", "merged": lora})
+            if lora:
+                art.add_variant("adapter", "adapter", "peft-adapter", info={"base": extra.get("baseModel", "")})
+            art.served_variant = "fp32"
+            art.metrics = split_metrics(metrics)
+            art.extra = extra
+    except AlreadyPublishedError as err:
+        raise BadConfigError(f"{err}; versions are immutable, so use a new artifactVersion") from None
     return dest
