@@ -65,7 +65,7 @@ def test_lora_trains_under_two_percent_of_parameters_and_learns(tmp_path: Path) 
     cfg = make_config(
         tmp_path,
         model={"builtin": {"name": "all-minilm-l6-v2", "architecture": None}},
-        dataset={"maxTrainSamples": 640, "maxEvalSamples": 300, "maxLength": 48},
+        dataset={"maxTrainSamples": 640, "maxEvalSamples": 200, "maxLength": 48},
         training={"batchSize": 16, "learningRate": 2e-3, "lora": {"r": 8, "alpha": 16}},
     )
     run_training(cfg)

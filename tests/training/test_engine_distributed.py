@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 from deepseek_workers.builtin_models import minilm_path
 from deepseek_workers.training import run_training
 from deepseek_workers.training.launch import torchrun_command
@@ -70,6 +69,7 @@ def test_two_process_ddp_matches_one_process(tmp_path: Path, minilm_without_drop
     wb = load_file(ddp / "v1" / "fp32" / "model.safetensors")
     assert wa.keys() == wb.keys()
     worst = max(float((wa[k] - wb[k]).abs().max()) for k in wa)
-    moved = max(float((wa[k] - load_file(minilm_path() / "model.safetensors").get(k, wa[k])).abs().max()) for k in wa)
-    assert worst < 1e-4 < moved  # the runs agree far more closely than training moved the weights
-    assert torch.isfinite(torch.tensor(worst))
+    base = load_file(minilm_path() / "model.safetensors")  # BertModel keys: no "bert." prefix
+    moved = max(float((wa[k] - base[k.removeprefix("bert.")]).abs().max()) for k in wa if k.startswith("bert."))
+    assert worst < 1e-4  # the two runs agree to float rounding...
+    assert moved > 100 * worst  # ...far more closely than training moved the weights

@@ -15,8 +15,8 @@ from safetensors.torch import load_file
 
 from tests.training.helpers import config_dict, make_config, read_json, read_metrics, write_config
 
-TRAINING = {"epochs": 2, "batchSize": 16, "learningRate": 1e-3, "checkpointEverySteps": 5, "evalEverySteps": 8}
-DATASET = {"maxTrainSamples": 256, "maxEvalSamples": 96, "maxLength": 48}
+TRAINING = {"epochs": 2, "batchSize": 8, "learningRate": 1e-3, "checkpointEverySteps": 5, "evalEverySteps": 8}
+DATASET = {"maxTrainSamples": 128, "maxEvalSamples": 64, "maxLength": 32}  # 2 x 16 steps
 
 
 def _worker(config: Path, extra_env: dict[str, str] | None = None) -> subprocess.Popen[str]:
