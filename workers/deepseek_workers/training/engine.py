@@ -116,7 +116,13 @@ class Dist:
             return
         backend = "nccl" if self.device.type == "cuda" else "gloo"
         # init_method env:// reads MASTER_ADDR / MASTER_PORT (set by torchrun).
-        dist.init_process_group(backend=backend, timeout=timedelta(minutes=30))
+        try:
+            dist.init_process_group(backend=backend, timeout=timedelta(minutes=30))
+        except (RuntimeError, ValueError) as err:
+            where = f"{os.environ.get('MASTER_ADDR')}:{os.environ.get('MASTER_PORT')}"
+            raise WorkerError(
+                f"rank {self.rank} of {self.world} cannot join the process group at {where}: {err}"
+            ) from err
         log.info("joined process group: rank %d of %d (%s)", self.rank, self.world, backend)
 
     def barrier(self) -> None:
