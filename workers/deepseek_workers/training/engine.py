@@ -23,6 +23,7 @@ import random
 import resource
 import signal
 import tempfile
+import threading
 import time
 from collections import deque
 from collections.abc import Iterator
@@ -302,6 +303,8 @@ def train(cfg: TrainRunConfig) -> None:
             reporter.report(make_report(stage="train", state="failed", message=msg[:1000]), final=True)
         raise
     finally:
+        if reporter is not None:
+            reporter.close()
         stop.uninstall()
         metrics.close()
         d.close()
@@ -313,12 +316,49 @@ def _quiet_libraries() -> None:
     hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
 
 
-def _reporter(cfg: TrainRunConfig) -> ProgressReporter:
-    try:
-        local = Storage.from_uri(cfg.output_uri).local_path()
-    except StorageError as err:
-        raise BadConfigError(f"outputUri: {err}") from None
-    return ProgressReporter(cfg.progress, local)
+class _Reporter:
+    """ProgressReporter plus a heartbeat: the newest running report is re-sent (with a fresh `updatedAt`)
+    whenever nothing was sent for `intervalSeconds`, so the operator hears from the worker at least that often
+    even during a long step, an evaluation or a checkpoint write."""
+
+    def __init__(self, cfg: TrainRunConfig) -> None:
+        try:
+            local = Storage.from_uri(cfg.output_uri).local_path()
+        except StorageError as err:
+            raise BadConfigError(f"outputUri: {err}") from None
+        self._inner = ProgressReporter(cfg.progress, local)
+        self._interval = cfg.progress.interval_seconds
+        self._lock = threading.Lock()
+        self._latest: ProgressReport | None = None
+        self._sent = time.monotonic()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name="progress-heartbeat", daemon=True)
+        self._thread.start()
+
+    def report(self, report: ProgressReport, *, final: bool = False) -> None:
+        if final:
+            self.close()
+        with self._lock:
+            self._inner.report(report, final=True)  # the engine already paces its reports
+            self._latest = None if final else report
+            self._sent = time.monotonic()
+
+    def _beat(self) -> None:
+        while not self._stop.wait(min(1.0, self._interval / 2)):
+            with self._lock:
+                if self._latest is not None and time.monotonic() - self._sent >= self._interval:
+                    self._latest = self._latest.model_copy(update={"updated_at": now_rfc3339()})
+                    self._inner.report(self._latest, final=True)
+                    self._sent = time.monotonic()
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive() and threading.current_thread() is not self._thread:
+            self._thread.join(timeout=5)
+
+
+def _reporter(cfg: TrainRunConfig) -> _Reporter:
+    return _Reporter(cfg)
 
 
 class _Run:
@@ -327,7 +367,7 @@ class _Run:
         cfg: TrainRunConfig,
         d: Dist,
         metrics: TrainingMetrics,
-        reporter: ProgressReporter | None,
+        reporter: _Reporter | None,
         stop: _StopFlag,
     ) -> None:
         self.cfg = cfg
@@ -535,7 +575,7 @@ class _Run:
         order_epoch = -1
         self.ddp.train()
         self.peak_before_training = self._peak_memory()
-        self._progress(None, force=True)
+        self._progress(None)
         while c.step < plan.total_steps:
             step_started = time.perf_counter()
             epoch, in_epoch = divmod(c.step, plan.steps_per_epoch)
@@ -632,11 +672,9 @@ class _Run:
             m.active_fraction.set(
                 measured_active_fraction(self.train_routing.cpu(), float(self.routed_train), cfg.num_local_experts)
             )
-        self._progress(
-            {"loss": self.last_loss, "learningRate": lr, "samplesPerSecond": sps, "etaSeconds": eta}, force=True
-        )
+        self._progress({"loss": self.last_loss, "learningRate": lr, "samplesPerSecond": sps, "etaSeconds": eta})
 
-    def _progress(self, fields: dict[str, Any] | None, *, force: bool) -> None:
+    def _progress(self, fields: dict[str, Any] | None) -> None:
         if self.reporter is None:
             return
         c = self.counters
@@ -652,7 +690,7 @@ class _Run:
         if c.last_eval:
             name = "accuracy" if "accuracy" in c.last_eval else "perplexity"
             report["evalMetric"] = EvalMetric(name=name, value=c.last_eval[name])
-        self.reporter.report(make_report(**report), final=force)
+        self.reporter.report(make_report(**report))
 
     # -- evaluation ----------------------------------------------------------------------------------------
 
