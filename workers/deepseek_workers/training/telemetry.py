@@ -118,7 +118,7 @@ class TrainingMetrics:
 
     def watch_gpu(self, device_index: int) -> None:
         try:
-            import pynvml  # type: ignore[import-not-found,unused-ignore]
+            import pynvml  # type: ignore[import-untyped,import-not-found,unused-ignore]
         except ImportError:
             return
         try:
