@@ -16,11 +16,12 @@ from typing import Any
 
 import httpx
 import pytest
-import yaml
 from deepseek_testbed import wait_until
 from deepseek_testbed.devcluster import DevCluster
 from deepseek_testbed.devcluster_quickstart import (
+    SMALL,
     artifact_metrics,
+    load_example,
     make_kubectl,
     metric_samples,
     report,
@@ -38,29 +39,15 @@ pytest.importorskip("deepseek_operator.status.training", reason="the training co
 
 NAME = "minilm-r8"
 R8_LABELS = {"earn", "acq", "crude", "trade", "money-fx", "interest", "ship", "grain"}
-# The slice: what fits the e2e budget on 2 cores (the quickstart itself trains on all 5,485 documents for 3
-# epochs); a higher learning rate and smaller batches make 40 steps enough to learn more than the majority class.
-# The quantize step evaluates four variants on the eval slice, so it is kept small too.
-TRAIN_SAMPLES, EVAL_SAMPLES, MAX_LENGTH, BATCH, LEARNING_RATE = 640, 120, 64, 16, 2e-4
-# On 120 documents one flipped prediction is 0.83 points: the quickstart's 1-point budget would make the INT8
-# variant (which the inference asks for) depend on one or two documents.
-MAX_ACCURACY_DROP = 0.05
+# The slice of `scripts/quickstart --small` (see SMALL): what fits the e2e budget on 2 cores.
+TRAIN_SAMPLES, EVAL_SAMPLES, BATCH = SMALL["maxTrainSamples"], SMALL["maxEvalSamples"], SMALL["batchSize"]
 
 
 def smaller_quickstart() -> list[dict[str, Any]]:
-    docs = [d for d in yaml.safe_load_all((REPO_ROOT / "examples" / "quickstart.yaml").read_text()) if d]
-    for doc in docs:
-        if doc["kind"] == "DeepSeekTraining":
-            doc["spec"]["dataset"] |= {
-                "maxTrainSamples": TRAIN_SAMPLES,
-                "maxEvalSamples": EVAL_SAMPLES,
-                "maxLength": MAX_LENGTH,
-            }
-            doc["spec"]["training"] |= {"epochs": 1, "batchSize": BATCH, "learningRate": LEARNING_RATE}
-            doc["spec"]["quantization"]["maxAccuracyDrop"] = MAX_ACCURACY_DROP
-            doc["spec"]["resources"]["requests"]["cpu"] = "1"
-        if doc["kind"] == "DeepSeekInference":
-            doc["spec"]["resources"]["requests"]["cpu"] = "250m"
+    docs = load_example(REPO_ROOT / "examples" / "quickstart.yaml", small=True)
+    training = next(d for d in docs if d["kind"] == "DeepSeekTraining")
+    assert training["spec"]["dataset"]["maxTrainSamples"] == TRAIN_SAMPLES
+    assert training["spec"]["training"]["epochs"] == 1
     return docs
 
 
@@ -106,7 +93,7 @@ def test_quickstart_trains_quantizes_and_serves(kube: Kubectl, dev_cluster: DevC
     majority = 0.5  # "earn" is about half of R8: a model must do better than always answering it
     assert metrics["accuracy"] > majority, metrics
     assert metrics["accuracyDrop"] == pytest.approx(metrics["fp32Accuracy"] - metrics["int8Accuracy"], abs=1e-6)
-    assert metrics["accuracyDrop"] <= MAX_ACCURACY_DROP, metrics
+    assert metrics["accuracyDrop"] <= SMALL["maxAccuracyDrop"], metrics
     artifacts = status["artifacts"]
     assert artifacts["version"]
     assert artifacts["defaultVariant"] == "int8", artifacts
