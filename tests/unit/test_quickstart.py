@@ -6,7 +6,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from deepseek_testbed.devcluster_quickstart import SMALL, load_example, main, metric_samples, service_of
+from deepseek_testbed.devcluster_quickstart import (
+    SMALL,
+    inference_line,
+    load_example,
+    main,
+    metric_samples,
+    service_of,
+    training_line,
+)
 from deepseek_testbed.errors import TestbedError
 from deepseek_testbed.node_agent import REPO_ROOT
 
@@ -61,3 +69,30 @@ def test_service_of_and_metric_samples() -> None:
     )
     assert metric_samples(text, "deepseek_serve_requests_total") == [({"endpoint": "infer", "status": "200"}, 7.0)]
     assert metric_samples(text, "deepseek_up") == [({}, 1.0)]
+
+
+def test_progress_lines() -> None:
+    train = {
+        "status": {
+            "phase": "Running",
+            "progress": {"stage": "train", "percent": 40, "step": 16, "totalSteps": 40, "epoch": 0.4, "loss": 1.18},
+        }
+    }
+    assert training_line(train) == "Running train 40% (step 16/40, epoch 0.40, loss 1.180)"
+    # A quantize report's status.progress may still carry the train stage's loss and throughput: not shown.
+    quantize = {
+        "status": {
+            "phase": "Quantizing",
+            "progress": {"stage": "quantize", "percent": 16, "step": 1, "totalSteps": 6, "loss": 0.9, "etaSeconds": 0},
+        }
+    }
+    assert training_line(quantize) == "Quantizing quantize 16% (step 1/6)"
+    pending = {
+        "status": {
+            "phase": "Pending",
+            "conditions": [{"type": "Running", "status": "False", "reason": "PodsStarting", "message": "0 of 1"}],
+        }
+    }
+    assert training_line(pending) == "Pending - PodsStarting: 0 of 1"
+    inference = {"spec": {"replicas": 2}, "status": {"phase": "Pending", "readyReplicas": 1, "conditions": []}}
+    assert inference_line(inference) == "Pending, 1/2 ready"

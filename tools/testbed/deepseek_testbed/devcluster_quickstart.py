@@ -101,7 +101,10 @@ def training_line(obj: dict[str, Any]) -> str:
     phase = status.get("phase") or "Pending"
     p = status.get("progress") or {}
     parts = [phase]
-    if p.get("stage"):
+    if p.get("stage") and p["stage"] != "train":
+        # Only step and percent: the other fields of a quantize report are the train stage's leftovers.
+        parts.append(f"{p['stage']} {p.get('percent', 0)}% (step {p.get('step', 0)}/{p.get('totalSteps', 0)})")
+    elif p.get("stage"):
         parts.append(f"{p['stage']} {p.get('percent', 0)}% (step {p.get('step', 0)}/{p.get('totalSteps', 0)}")
         details = [f"epoch {p.get('epoch', 0):.2f}"]
         if p.get("loss") is not None:
