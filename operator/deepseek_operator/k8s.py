@@ -44,6 +44,14 @@ def configure(kubeconfig: str | None = None) -> None:
     _client = AsyncClient(config=config, field_manager=naming.FIELD_MANAGER)
 
 
+async def close() -> None:
+    """Close the client (end of an operator run); the next call to client() configures a new one."""
+    global _client
+    if _client is not None:
+        await _client.close()
+        _client = None
+
+
 def client() -> AsyncClient:
     if _client is None:
         configure()
