@@ -18,8 +18,10 @@ from lightkube import codecs as lk_codecs
 from lightkube.core.resource import NamespacedResource, NamespacedSubResource, Resource
 from lightkube.generic_resource import create_namespaced_resource
 from lightkube.models.meta_v1 import ObjectMeta
-from lightkube.resources.core_v1 import Event
-from lightkube.types import PatchType
+from lightkube.resources.batch_v1 import Job
+from lightkube.resources.core_v1 import ConfigMap, Event, Pod, Service, ServiceAccount
+from lightkube.resources.rbac_authorization_v1 import Role, RoleBinding
+from lightkube.types import CascadeType, PatchType
 
 from deepseek_operator import naming
 
@@ -33,6 +35,19 @@ DeepSeekInference = create_namespaced_resource(
     naming.GROUP, naming.VERSION, naming.INFERENCE_KIND, naming.INFERENCE_PLURAL
 )
 ServiceMonitor = create_namespaced_resource("monitoring.coreos.com", "v1", "ServiceMonitor", "servicemonitors")
+
+# Namespaced kinds the controllers address by kind name (builders and status code never import lightkube).
+KINDS: dict[str, type[NamespacedResource]] = {
+    "ConfigMap": ConfigMap,
+    "Job": Job,
+    "Pod": Pod,
+    "Role": Role,
+    "RoleBinding": RoleBinding,
+    "Service": Service,
+    "ServiceAccount": ServiceAccount,
+    naming.TRAINING_KIND: DeepSeekTraining,
+    naming.INFERENCE_KIND: DeepSeekInference,
+}
 
 _client: AsyncClient | None = None
 
@@ -78,15 +93,28 @@ async def apply_all(manifests: list[Mapping[str, Any]]) -> None:
         await apply(manifest)
 
 
-async def delete(resource: type[NamespacedResource], name: str, namespace: str) -> bool:
-    """Delete an object (background propagation); False if it was already gone."""
+async def delete(resource: type[NamespacedResource], name: str, namespace: str, *, foreground: bool = False) -> bool:
+    """Delete an object (background propagation, or foreground: the object stays, terminating, until its
+    dependents are gone); False if it was already gone."""
     try:
-        await client().delete(resource, name, namespace=namespace)
+        cascade = CascadeType.FOREGROUND if foreground else CascadeType.BACKGROUND
+        await client().delete(resource, name, namespace=namespace, cascade=cascade)
     except ApiError as err:
         if is_not_found(err):
             return False
         raise
     return True
+
+
+async def delete_named(kind: str, name: str, namespace: str, *, foreground: bool = False) -> bool:
+    """`delete()` by kind name (a key of KINDS)."""
+    return await delete(KINDS[kind], name, namespace, foreground=foreground)
+
+
+async def merge_patch(kind: str, name: str, namespace: str, patch: Mapping[str, Any]) -> None:
+    """JSON merge patch of one object by kind name (a key of KINDS), for the few fields changed in place
+    (e.g. a Job's spec.suspend); children are otherwise applied whole with apply()."""
+    await client().patch(KINDS[kind], name, dict(patch), namespace=namespace, patch_type=PatchType.MERGE)
 
 
 async def get(resource: type[NamespacedResource], name: str, namespace: str) -> Any | None:

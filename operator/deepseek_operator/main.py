@@ -22,7 +22,10 @@ from deepseek_operator.config import OperatorConfig
 log = logging.getLogger("deepseek_operator")
 
 # Modules whose import registers handlers with kopf's default registry.
-CONTROLLER_MODULES = ("deepseek_operator.controllers.settings",)
+CONTROLLER_MODULES = (
+    "deepseek_operator.controllers.settings",
+    "deepseek_operator.controllers.health",
+)
 
 
 def load_controllers() -> None:
@@ -52,7 +55,7 @@ async def run_operator(
             standalone=True,
             clusterwide=not config.namespaces,
             namespaces=config.namespaces,
-            liveness_endpoint=f"http://0.0.0.0:{config.liveness_port}/healthz" if liveness else None,
+            liveness_endpoint=f"http://{config.liveness_host}:{config.liveness_port}/healthz" if liveness else None,
             stop_flag=stop_flag,
             ready_flag=ready_flag,
             memo=kopf.Memo(config=config, kubeconfig=kubeconfig),

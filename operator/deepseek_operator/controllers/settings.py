@@ -9,6 +9,20 @@ from lightkube import KubeConfig
 
 from deepseek_operator import naming
 
+# Child kinds the controllers watch, as (group, or "v1" for the core group; plural). The API server sends only
+# objects labelled as ours (a server-side label selector), so watching Pods or ConfigMaps costs nothing for
+# the rest of the cluster. A controller that watches another kind adds it here.
+CHILD_SELECTOR = f"{naming.LABEL_MANAGED_BY}={naming.MANAGED_BY}"
+WATCHED_CHILDREN: list[tuple[str, str]] = [
+    ("v1", "pods"),
+    ("v1", "configmaps"),
+    ("v1", "services"),
+    ("v1", "serviceaccounts"),
+    ("batch", "jobs"),
+    ("rbac.authorization.k8s.io", "roles"),
+    ("rbac.authorization.k8s.io", "rolebindings"),
+]
+
 
 def configure(settings: kopf.OperatorSettings) -> None:
     # Our own prefix from day one: changing storages later would make every object look new.
@@ -25,6 +39,8 @@ def configure(settings: kopf.OperatorSettings) -> None:
     settings.watching.client_timeout = 310
     settings.networking.error_backoffs = [1, 2, 5, 10]
     settings.execution.max_workers = 8
+    for group, plural in WATCHED_CHILDREN:
+        settings.watching.label_selectors[group, plural] = CHILD_SELECTOR
 
 
 @kopf.on.startup()
