@@ -25,6 +25,7 @@ log = logging.getLogger("deepseek_operator")
 CONTROLLER_MODULES = (
     "deepseek_operator.controllers.settings",
     "deepseek_operator.controllers.health",
+    "deepseek_operator.controllers.training",
 )
 
 
