@@ -21,8 +21,8 @@ class OperatorConfig:
     liveness_port: int = 8081
     # How often each resource is re-reconciled when nothing happens (drift, TTLs, deadlines).
     resync_seconds: float = 30.0
-    # Address the liveness endpoint listens on (tests bind 127.0.0.1).
-    liveness_host: str = "0.0.0.0"
+    # Address the metrics and liveness endpoints listen on (tests bind 127.0.0.1).
+    listen_host: str = "0.0.0.0"
     # The operator's own namespace (downward API in the chart); the liveness heartbeat ConfigMap lives there
     # (or in the first watched namespace when the operator watches a list of namespaces without its own).
     namespace: str | None = None
@@ -47,6 +47,7 @@ class OperatorConfig:
             worker_image_pull_policy=e.get("DEEPSEEK_WORKER_IMAGE_PULL_POLICY", defaults.worker_image_pull_policy),
             metrics_port=int(e.get("DEEPSEEK_METRICS_PORT", defaults.metrics_port)),
             liveness_port=int(e.get("DEEPSEEK_LIVENESS_PORT", defaults.liveness_port)),
+            listen_host=e.get("DEEPSEEK_LISTEN_HOST", defaults.listen_host),
             resync_seconds=float(e.get("DEEPSEEK_RESYNC_SECONDS", defaults.resync_seconds)),
             namespace=e.get("POD_NAMESPACE") or None,
             heartbeat_seconds=float(e.get("DEEPSEEK_HEARTBEAT_SECONDS", defaults.heartbeat_seconds)),
