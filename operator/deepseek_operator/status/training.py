@@ -321,6 +321,13 @@ def _finite(metrics: Mapping[str, float] | None) -> dict[str, float]:
     return {k: float(v) for k, v in (metrics or {}).items() if isinstance(v, int | float) and math.isfinite(v)}
 
 
+def _capped(metrics: Mapping[str, float]) -> dict[str, float]:
+    """At most MAX_METRICS entries (the schema's bound), the headline numbers first."""
+    headline = ("accuracy", "macroF1", "perplexity", "accuracyDrop")
+    keep = sorted(metrics, key=lambda k: (k not in headline, k))[:MAX_METRICS]
+    return {k: metrics[k] for k in sorted(keep)}
+
+
 class _Reconcile:
     """One evaluation; the methods share the working status (a plain camelCase dict)."""
 
@@ -390,8 +397,7 @@ class _Reconcile:
             k: v for k, v in progress.items() if v is not None and not (isinstance(v, float) and not math.isfinite(v))
         }
         if r.state == "succeeded" and r.metrics:
-            merged = {**self.st.get("metrics", {}), **_finite(r.metrics)}
-            self.st["metrics"] = merged
+            self.st["metrics"] = _capped({**self.st.get("metrics", {}), **_finite(r.metrics)})
 
     # -- finished runs: only TTL, late reports, and no running pods -----------------------------------------
 
@@ -657,8 +663,7 @@ class _Reconcile:
                 metrics["accuracy"] = metrics[key]
                 break
         if metrics:
-            keep = sorted(metrics, key=lambda k: (k not in ("accuracy", "macroF1", "perplexity", "accuracyDrop"), k))
-            self.st["metrics"] = {k: metrics[k] for k in keep[:MAX_METRICS]}
+            self.st["metrics"] = _capped(metrics)
 
     def quantized_message(self, over: bool) -> str:
         q = self.spec.quantization
