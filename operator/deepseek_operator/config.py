@@ -30,6 +30,9 @@ class OperatorConfig:
     # fails once no watch event has arrived for liveness_stale_seconds (the watch streams have stalled).
     heartbeat_seconds: float = 10.0
     liveness_stale_seconds: float = 60.0
+    # Reconciles of one kind that may talk to the API server at once (like controller-runtime's
+    # MaxConcurrentReconciles): keeps a burst of thousands of resources from opening thousands of connections.
+    max_concurrent_reconciles: int = 16
 
     @property
     def heartbeat_namespace(self) -> str | None:
@@ -52,4 +55,7 @@ class OperatorConfig:
             namespace=e.get("POD_NAMESPACE") or None,
             heartbeat_seconds=float(e.get("DEEPSEEK_HEARTBEAT_SECONDS", defaults.heartbeat_seconds)),
             liveness_stale_seconds=float(e.get("DEEPSEEK_LIVENESS_STALE_SECONDS", defaults.liveness_stale_seconds)),
+            max_concurrent_reconciles=int(
+                e.get("DEEPSEEK_MAX_CONCURRENT_RECONCILES", defaults.max_concurrent_reconciles)
+            ),
         )
