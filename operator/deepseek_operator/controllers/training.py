@@ -28,7 +28,11 @@ from deepseek_operator.status import training as tstatus
 KIND = naming.TRAINING_KIND
 _OWNED = {naming.LABEL_TRAINING: kopf.PRESENT}
 _ERROR_BACKOFF_SECONDS = 5.0
+# How long a child we applied counts as existing before the watch shows it (indexes lag our own writes).
+_RECENT_SECONDS = 15.0
+_DEBOUNCE_SECONDS = 0.1
 Key = tuple[str, str]
+ChildKey = tuple[str, str]
 
 
 @dataclass
@@ -39,6 +43,17 @@ class TrainingState:
     # The status we last wrote and the resourceVersion it replaced: until the watch delivers our own write,
     # the live body is older than what we know, and must not be taken for the truth.
     written: dict[Key, tuple[str, dict[str, Any]]] = field(default_factory=dict)
+    # Children applied moments ago, until their watch events arrive: without this, a reconcile woken by the
+    # first child's event would see the others missing and apply them (or announce a Job) a second time.
+    recent: dict[Key, dict[ChildKey, tuple[dict[str, Any], float]]] = field(default_factory=dict)
+    slots: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(16))
+
+    def applied(self, key: Key, manifest: dict[str, Any]) -> None:
+        child = (manifest["kind"], manifest["metadata"]["name"])
+        self.recent.setdefault(key, {})[child] = (manifest, time.monotonic())
+
+    def forget(self, key: Key, child: ChildKey) -> None:
+        self.recent.get(key, {}).pop(child, None)
 
     def wake(self, key: Key) -> None:
         event = self.wakers.get(key)
@@ -48,7 +63,8 @@ class TrainingState:
 
 @kopf.on.startup()
 async def _init(memo: kopf.Memo, **_: Any) -> None:
-    memo.trainings = TrainingState()
+    config: OperatorConfig = memo.get("config") or OperatorConfig()
+    memo.trainings = TrainingState(slots=asyncio.Semaphore(max(1, config.max_concurrent_reconciles)))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -59,42 +75,58 @@ def _key(namespace: str | None, labels: Mapping[str, str]) -> Key:
     return (namespace or "", labels[naming.LABEL_TRAINING])
 
 
+def _seen(memo: Any, namespace: str | None, labels: Mapping[str, str]) -> Key:
+    """A child changed: wake its owner's daemon. Done inside the index handlers (kopf calls them for every
+    event but deletions) to spare a second handler invocation per event, which is most of kopf's cost."""
+    key = _key(namespace, labels)
+    state: TrainingState | None = getattr(memo, "trainings", None)
+    if state is not None:
+        state.wake(key)
+    return key
+
+
 @kopf.index("batch", "v1", "jobs", labels=_OWNED)
-async def training_jobs(namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any) -> Any:
-    return {_key(namespace, labels): tstatus.job_view(body)}
+async def training_jobs(namespace: str | None, labels: kopf.Labels, body: kopf.Body, memo: Any, **_: Any) -> Any:
+    return {_seen(memo, namespace, labels): tstatus.job_view(body)}
 
 
 @kopf.index("v1", "pods", labels=_OWNED)
-async def training_pods(namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any) -> Any:
-    return {_key(namespace, labels): tstatus.pod_view(body)}
+async def training_pods(namespace: str | None, labels: kopf.Labels, body: kopf.Body, memo: Any, **_: Any) -> Any:
+    return {_seen(memo, namespace, labels): tstatus.pod_view(body)}
 
 
 @kopf.index("v1", "configmaps", labels=_OWNED)
-async def training_configmaps(namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any) -> Any:
+async def training_configmaps(namespace: str | None, labels: kopf.Labels, body: kopf.Body, memo: Any, **_: Any) -> Any:
     report = tstatus.progress_report(body) if labels.get(naming.LABEL_COMPONENT) == "progress" else None
-    return {_key(namespace, labels): (tstatus.child_view(body), report)}
+    return {_seen(memo, namespace, labels): (tstatus.child_view(body), report)}
 
 
 @kopf.index("v1", "services", labels=_OWNED, id="training_services")
 @kopf.index("v1", "serviceaccounts", labels=_OWNED, id="training_service_accounts")
 @kopf.index("rbac.authorization.k8s.io", "v1", "roles", labels=_OWNED, id="training_roles")
 @kopf.index("rbac.authorization.k8s.io", "v1", "rolebindings", labels=_OWNED, id="training_role_bindings")
-async def _training_children(namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any) -> Any:
-    return {_key(namespace, labels): tstatus.child_view(body)}
+async def _training_children(namespace: str | None, labels: kopf.Labels, body: kopf.Body, memo: Any, **_: Any) -> Any:
+    return {_seen(memo, namespace, labels): tstatus.child_view(body)}
 
 
 _CHILD_INDEXES = ("training_services", "training_service_accounts", "training_roles", "training_role_bindings")
 
 
-@kopf.on.event("batch", "v1", "jobs", labels=_OWNED, id="wake_on_job")
-@kopf.on.event("v1", "pods", labels=_OWNED, id="wake_on_pod")
-@kopf.on.event("v1", "configmaps", labels=_OWNED, id="wake_on_configmap")
-@kopf.on.event("v1", "services", labels=_OWNED, id="wake_on_service")
-@kopf.on.event("v1", "serviceaccounts", labels=_OWNED, id="wake_on_service_account")
-@kopf.on.event("rbac.authorization.k8s.io", "v1", "roles", labels=_OWNED, id="wake_on_role")
-@kopf.on.event("rbac.authorization.k8s.io", "v1", "rolebindings", labels=_OWNED, id="wake_on_role_binding")
-async def _child_changed(namespace: str | None, labels: kopf.Labels, memo: Any, **_: Any) -> None:
-    memo.trainings.wake(_key(namespace, labels))
+def _deleted(type: str, **_: Any) -> bool:
+    return type == "DELETED"
+
+
+@kopf.on.event("batch", "v1", "jobs", labels=_OWNED, when=_deleted, id="deleted_job")
+@kopf.on.event("v1", "pods", labels=_OWNED, when=_deleted, id="deleted_pod")
+@kopf.on.event("v1", "configmaps", labels=_OWNED, when=_deleted, id="deleted_configmap")
+@kopf.on.event("v1", "services", labels=_OWNED, when=_deleted, id="deleted_service")
+@kopf.on.event("v1", "serviceaccounts", labels=_OWNED, when=_deleted, id="deleted_service_account")
+@kopf.on.event("rbac.authorization.k8s.io", "v1", "roles", labels=_OWNED, when=_deleted, id="deleted_role")
+@kopf.on.event(
+    "rbac.authorization.k8s.io", "v1", "rolebindings", labels=_OWNED, when=_deleted, id="deleted_role_binding"
+)
+async def _child_deleted(namespace: str | None, labels: kopf.Labels, memo: Any, **_: Any) -> None:
+    _seen(memo, namespace, labels)
 
 
 @kopf.on.event(naming.GROUP, naming.VERSION, naming.TRAINING_PLURAL)
@@ -103,6 +135,7 @@ async def _training_changed(namespace: str | None, name: str, type: str, memo: A
     if type == "DELETED":
         metrics.forget_training(*key)
         memo.trainings.written.pop(key, None)
+        memo.trainings.recent.pop(key, None)
     memo.trainings.wake(key)
 
 
@@ -119,8 +152,9 @@ async def training_daemon(stopped: kopf.DaemonStopped, body: kopf.Body, memo: ko
     state.wakers[key] = wake
     try:
         while not stopped:
-            wake.clear()
-            delay = await reconcile(body, kwargs, state, config)
+            async with state.slots:
+                wake.clear()
+                delay = await reconcile(body, kwargs, state, config)
             await _sleep(wake, stopped, delay if delay is not None else config.resync_seconds)
     finally:
         if state.wakers.get(key) is wake:
@@ -131,6 +165,10 @@ async def _sleep(wake: asyncio.Event, stopped: kopf.DaemonStopped, seconds: floa
     waits = [asyncio.ensure_future(wake.wait()), asyncio.ensure_future(stopped.wait())]
     try:
         await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+        if wake.is_set() and not stopped:
+            # Woken by a watch event: let the index take it in (the wake comes from inside the index handler)
+            # and let a burst of events (a pod's status changes) settle into one reconcile.
+            await asyncio.sleep(_DEBOUNCE_SECONDS)
     finally:
         for w in waits:
             w.cancel()
@@ -152,7 +190,7 @@ async def reconcile(
         except ApiSpecError as err:
             await _invalid(raw, err, state)
             return None
-        observed = observe(indexes, (namespace, name), training)
+        observed = observe(indexes, (namespace, name), training, state)
         plan = tstatus.plan(training, observed, config, datetime.now(UTC))
         update_gauges(namespace, name, plan.status, observed)
         await execute(raw, plan, state)
@@ -179,8 +217,9 @@ def _current_body(body: kopf.Body, state: TrainingState) -> dict[str, Any]:
     return raw
 
 
-def observe(indexes: Mapping[str, Any], key: Key, training: DeepSeekTraining) -> tstatus.Observed:
-    """The children of one training, from the indexes."""
+def observe(indexes: Mapping[str, Any], key: Key, training: DeepSeekTraining, state: TrainingState) -> tstatus.Observed:
+    """The children of one training, from the indexes (plus what we applied a moment ago and the watch has
+    not shown yet)."""
     progress_name = build.names(training.metadata.name).progress
     children: dict[tuple[str, str], str | None] = {}
     report = None
@@ -191,8 +230,19 @@ def observe(indexes: Mapping[str, Any], key: Key, training: DeepSeekTraining) ->
     for index in _CHILD_INDEXES:
         for view in indexes[index].get(key, []):
             children[(view.kind, view.name)] = view.hash
+    jobs = list(indexes["training_jobs"].get(key, []))
+    recent = state.recent.get(key, {})
+    now = time.monotonic()
+    for child, (manifest, when) in list(recent.items()):
+        seen = child in children or any(j.name == child[1] for j in jobs if child[0] == "Job")
+        if seen or now - when > _RECENT_SECONDS:
+            del recent[child]
+        elif child[0] == "Job":
+            jobs.append(tstatus.job_view(manifest))
+        else:
+            children[child] = manifest["metadata"]["annotations"].get(build.ANNOTATION_HASH)
     return tstatus.Observed(
-        jobs=list(indexes["training_jobs"].get(key, [])),
+        jobs=jobs,
         pods=list(indexes["training_pods"].get(key, [])),
         children=children,
         report=report,
@@ -203,15 +253,20 @@ async def execute(raw: Mapping[str, Any], plan: tstatus.Plan, state: TrainingSta
     """Carry out a plan: children first, then status, then Events (only for a status that was stored)."""
     meta = raw["metadata"]
     namespace, name = meta["namespace"], meta["name"]
+    key = (namespace, name)
+    # Supporting children do not depend on each other (a RoleBinding may name a Role created a moment later).
+    await asyncio.gather(*(k8s.apply(m) for m in plan.apply))
     for manifest in plan.apply:
-        await k8s.apply(manifest)
+        state.applied(key, manifest)
     for job_name, suspend in plan.suspend_jobs:
         await k8s.merge_patch("Job", job_name, namespace, {"spec": {"suspend": suspend}})
     for job_name in plan.delete_jobs:
         # Foreground: the Job stays (terminating) until its pods are gone, so the next attempt never overlaps.
         await k8s.delete_named("Job", job_name, namespace, foreground=True)
+        state.forget(key, ("Job", job_name))
     for manifest in plan.create_jobs:
         await k8s.apply(manifest)
+        state.applied(key, manifest)
     await _write_status(raw, plan.status, state)
     for event in plan.events:
         await k8s.post_event(raw, event.type, event.reason, event.message)
