@@ -139,6 +139,7 @@ def test_operator_bookkeeping_causes_no_gitops_drift(
         assert meta["finalizers"] == ["deepseek.ai/finalizer"]
         ours = [k for k in meta.get("annotations", {}) if k != "kubectl.kubernetes.io/last-applied-configuration"]
         assert all(k.startswith("deepseek.ai/") for k in ours), ours
+        assert "deepseek.ai/last-handled-configuration" not in ours  # kopf keeps no diff-base on them
         for entry in meta["managedFields"]:
             if entry["manager"].startswith("kubectl"):
                 continue

@@ -97,6 +97,18 @@ def test_training_reaches_succeeded_through_every_phase(
     assert pod["spec"]["containers"][0]["command"] == ["deepseek-worker", "train", "--config", "/etc/deepseek/run.json"]
     assert pod["metadata"]["ownerReferences"][0]["kind"] == "Job"
 
+    # The worker's service account may touch its progress ConfigMap and nothing else.
+    sa = f"system:serviceaccount:{ns}:{names.service_account}"
+    for verb, resource, allowed in (
+        ("patch", f"configmaps/{names.progress}", "yes"),
+        ("get", f"configmaps/{names.progress}", "yes"),
+        ("patch", f"configmaps/{names.config}", "no"),
+        ("patch", f"deepseektrainings.deepseek.ai/{name}", "no"),
+        ("list", "configmaps", "no"),
+    ):
+        answer = kube_cluster.kubectl("auth", "can-i", verb, resource, "-n", ns, "--as", sa, check=False).stdout
+        assert answer.strip() == allowed, (verb, resource, answer)
+
     worker = tr.WorkerSide(kube_cluster, ns, name, tmp_path, monkeypatch)
     worker.report(stage="train", step=10, totalSteps=100, epoch=0.1, loss=1.25, learningRate=5e-5, etaSeconds=90.0)
     st = wait_until(
