@@ -31,6 +31,8 @@ _ERROR_BACKOFF_SECONDS = 5.0
 # How long a child we applied counts as existing before the watch shows it (indexes lag our own writes).
 _RECENT_SECONDS = 15.0
 _DEBOUNCE_SECONDS = 0.1
+# Every this many idle resyncs a resource is reconciled even though nothing it reads changed (drift repair).
+_FULL_RESYNC_EVERY = 10
 Key = tuple[str, str]
 ChildKey = tuple[str, str]
 
@@ -110,6 +112,7 @@ async def _training_children(namespace: str | None, labels: kopf.Labels, body: k
 
 
 _CHILD_INDEXES = ("training_services", "training_service_accounts", "training_roles", "training_role_bindings")
+_ALL_INDEXES = ("training_jobs", "training_pods", "training_configmaps", *_CHILD_INDEXES)
 
 
 def _deleted(type: str, **_: Any) -> bool:
@@ -150,15 +153,35 @@ async def training_daemon(stopped: kopf.DaemonStopped, body: kopf.Body, memo: ko
     key: Key = (body.metadata.namespace or "", body.metadata.name or "")
     wake = asyncio.Event()
     state.wakers[key] = wake
+    seen: tuple[Any, ...] | None = None
+    idle_resyncs = 0
+    due: float | None = None  # when the plan asked to look again (deadline, timeout, TTL)
     try:
         while not stopped:
-            async with state.slots:
-                wake.clear()
-                delay = await reconcile(body, kwargs, state, config)
-            await _sleep(wake, stopped, delay if delay is not None else config.resync_seconds)
+            now_seen = _fingerprint(body, kwargs, key)
+            timer_due = due is not None and time.monotonic() >= due
+            # A periodic resync that finds nothing changed (same body, same child summaries) skips the work,
+            # except every _FULL_RESYNC_EVERY-th one; wake-ups by events or by the plan's timer always run.
+            if not wake.is_set() and not timer_due and now_seen == seen and idle_resyncs < _FULL_RESYNC_EVERY:
+                idle_resyncs += 1
+            else:
+                idle_resyncs, seen = 0, now_seen
+                async with state.slots:
+                    wake.clear()
+                    delay = await reconcile(body, kwargs, state, config)
+                due = time.monotonic() + delay if delay is not None else None
+            pause = config.resync_seconds if due is None else min(config.resync_seconds, due - time.monotonic())
+            await _sleep(wake, stopped, max(pause, 0.0))
     finally:
         if state.wakers.get(key) is wake:
             del state.wakers[key]
+
+
+def _fingerprint(body: kopf.Body, indexes: Mapping[str, Any], key: Key) -> tuple[Any, ...]:
+    """Identity of everything a reconcile reads: the body's resourceVersion and the index entries (kopf stores a
+    new summary object for every child event, so unchanged identities mean nothing happened)."""
+    entries = tuple(id(v) for name in _ALL_INDEXES for v in indexes[name].get(key, []))
+    return (body.metadata.get("resourceVersion"), entries)
 
 
 async def _sleep(wake: asyncio.Event, stopped: kopf.DaemonStopped, seconds: float) -> None:
