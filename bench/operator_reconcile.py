@@ -150,6 +150,15 @@ class OperatorProcess:
 
         threading.Thread(target=loop, daemon=True).start()
 
+    def reconciles(self) -> float:
+        """deepseek_operator_reconcile_total for trainings, from the operator's /metrics."""
+        import urllib.request
+
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=30) as resp:
+            text = resp.read().decode()
+        prefix = 'deepseek_operator_reconcile_total{kind="DeepSeekTraining"'
+        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(prefix))
+
     def stop_sampling(self) -> None:
         self._sampling.clear()
 
@@ -218,9 +227,11 @@ def bench_scale(kube: ControlPlane, client: Client, ns: str, op: OperatorProcess
     wait_until(lambda: all_reconciled(client, ns, count), timeout=1800, interval=1.0, what=f"{count} reconciled")
     elapsed = time.monotonic() - t0
     op.stop_sampling()
-    cpu1, rss_after = op.cpu(), op.rss()
+    time.sleep(5)  # let the last status writes come back through the watch
+    cpu1, rss_after, reconciles1 = op.cpu(), op.rss(), op.reconciles()
     time.sleep(RESYNC_SECONDS + 2)  # one full resync of every resource with nothing to change
     idle_cpu = op.cpu() - cpu1
+    idle_reconciles = op.reconciles() - reconciles1
     return {
         "trainings": count,
         "createSeconds": created,
@@ -233,6 +244,7 @@ def bench_scale(kube: ControlPlane, client: Client, ns: str, op: OperatorProcess
         "rssPerTrainingKiB": (rss_after - rss_idle) / 1024 / count,
         "idleResyncCpuSeconds": idle_cpu,
         "idleResyncCpuPercent": 100 * idle_cpu / (RESYNC_SECONDS + 2),
+        "idleReconciles": idle_reconciles,
     }
 
 
@@ -319,7 +331,8 @@ def markdown(result: dict[str, Any]) -> str:
             f"{scale['rssAfterMiB']:.0f} MiB holding {scale['trainings']} trainings "
             f"({scale['rssPerTrainingKiB']:.0f} KiB each); {scale['operatorCpuSeconds']:.1f} CPU s to reconcile them; "
             f"a {RESYNC_SECONDS:.0f} s resync of all of them with nothing to change: "
-            f"{scale['idleResyncCpuSeconds']:.2f} CPU s ({scale['idleResyncCpuPercent']:.1f}% of a core).",
+            f"{scale['idleResyncCpuSeconds']:.2f} CPU s ({scale['idleResyncCpuPercent']:.1f}% of a core, "
+            f"{scale['idleReconciles']:.0f} reconciles).",
             "",
         ]
     )

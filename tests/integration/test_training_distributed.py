@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 from deepseek_operator.builders import training as build
-from deepseek_testbed import ControlPlane, fate_annotations, wait_until
+from deepseek_testbed import ControlPlane, wait_until
 
 from tests.fixtures import training as tr
 from tests.fixtures.operator import OperatorRunner
@@ -19,7 +19,7 @@ def test_two_workers_get_an_indexed_job_and_a_rendezvous_service(
     names = build.names(name)
     manifest = tr.training_manifest(
         name,
-        fate=fate_annotations(run_seconds=3),
+        fate=tr.run_forever(),
         distributed={"workers": 2, "gpusPerWorker": 1},
         quantization={"enabled": False},
     )
@@ -75,5 +75,6 @@ def test_two_workers_get_an_indexed_job_and_a_rendezvous_service(
         timeout=30,
         what="both workers in the rendezvous Service's endpoints",
     )
+    tr.finish_pods(kube_cluster, ns, name, "train")
     st = tr.wait_phase(kube_cluster, ns, name, "Succeeded", timeout=60)
     assert tr.condition(st, "Running")["reason"] == "Completed"

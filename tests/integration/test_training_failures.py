@@ -110,7 +110,7 @@ def test_pod_that_cannot_start_fails_after_the_pending_timeout(
     detail: str,
 ) -> None:
     ns, name = namespace, f"stuck-{case}"
-    manifest = tr.training_manifest(name, fate=fate, runPolicy={"pendingTimeoutSeconds": 6}, **spec)
+    manifest = tr.training_manifest(name, fate=fate, runPolicy={"pendingTimeoutSeconds": 600}, **spec)
     tr.apply(kube_cluster, ns, manifest)
 
     def pending_with_reason() -> bool:
@@ -118,12 +118,16 @@ def test_pod_that_cannot_start_fails_after_the_pending_timeout(
         running = tr.condition(st, "Running") or {}
         return st.get("phase") == "Pending" and running.get("reason") == reason
 
-    wait_until(pending_with_reason, timeout=30, what=f"phase Pending with reason {reason}")
+    wait_until(pending_with_reason, timeout=60, what=f"phase Pending with reason {reason}")
+    # The timeout is run policy: shortening it on the waiting run takes effect at once.
+    kube_cluster.kubectl(
+        "patch", "dstrain", name, "-n", ns, "--type=merge", "-p", '{"spec":{"runPolicy":{"pendingTimeoutSeconds":1}}}'
+    )
     st = tr.wait_phase(kube_cluster, ns, name, "Failed", timeout=60)
     failed = tr.condition(st, "Failed")
     assert failed is not None
     assert failed["reason"] == reason
     assert detail in failed["message"]
-    assert "pendingTimeoutSeconds 6" in failed["message"]
+    assert "pendingTimeoutSeconds 1)" in failed["message"]
     reasons = tr.event_reasons(kube_cluster, ns, name)
     assert reasons.count(reason) == 2  # the warning when it got stuck, and the failure

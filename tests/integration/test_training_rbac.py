@@ -116,7 +116,7 @@ def test_the_training_controller_needs_only_the_documented_rules(
     tr.apply(
         kube_cluster,
         ns,
-        tr.training_manifest("least", fate=fate_annotations(run_seconds=0.5), runPolicy={"ttlSecondsAfterFinished": 2}),
+        tr.training_manifest("least", fate=fate_annotations(run_seconds=0.5), runPolicy={"ttlSecondsAfterFinished": 8}),
     )
     tr.apply(
         kube_cluster,

@@ -95,7 +95,7 @@ def test_ttl_deletes_the_finished_resource_and_every_child(
         name,
         fate=fate_annotations(run_seconds=0.5),
         quantization={"enabled": False},
-        runPolicy={"ttlSecondsAfterFinished": 3},
+        runPolicy={"ttlSecondsAfterFinished": 8},
     )
     tr.apply(kube_cluster, ns, manifest)
     wait_until(lambda: len(_children(kube_cluster, ns, name)) >= 6, timeout=30, what="the children")
