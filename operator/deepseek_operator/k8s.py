@@ -13,13 +13,17 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
+import httpx2
 from lightkube import ApiError, AsyncClient, KubeConfig
 from lightkube import codecs as lk_codecs
-from lightkube.core.resource import NamespacedResource, NamespacedSubResource, Resource
+from lightkube.core.resource import NamespacedResource, NamespacedResourceG, NamespacedSubResource, Resource
 from lightkube.generic_resource import create_namespaced_resource
 from lightkube.models.meta_v1 import ObjectMeta
+from lightkube.resources.apps_v1 import Deployment
+from lightkube.resources.autoscaling_v2 import HorizontalPodAutoscaler
 from lightkube.resources.batch_v1 import Job
 from lightkube.resources.core_v1 import ConfigMap, Event, Pod, Service, ServiceAccount
+from lightkube.resources.policy_v1 import PodDisruptionBudget
 from lightkube.resources.rbac_authorization_v1 import Role, RoleBinding
 from lightkube.types import CascadeType, PatchType
 
@@ -39,12 +43,16 @@ ServiceMonitor = create_namespaced_resource("monitoring.coreos.com", "v1", "Serv
 # Namespaced kinds the controllers address by kind name (builders and status code never import lightkube).
 KINDS: dict[str, type[NamespacedResource]] = {
     "ConfigMap": ConfigMap,
+    "Deployment": Deployment,
+    "HorizontalPodAutoscaler": HorizontalPodAutoscaler,
     "Job": Job,
     "Pod": Pod,
+    "PodDisruptionBudget": PodDisruptionBudget,
     "Role": Role,
     "RoleBinding": RoleBinding,
     "Service": Service,
     "ServiceAccount": ServiceAccount,
+    "ServiceMonitor": ServiceMonitor,
     naming.TRAINING_KIND: DeepSeekTraining,
     naming.INFERENCE_KIND: DeepSeekInference,
 }
@@ -103,6 +111,11 @@ async def delete(resource: type[NamespacedResource], name: str, namespace: str, 
         if is_not_found(err):
             return False
         raise
+    except httpx2.HTTPStatusError as err:
+        # An API group the server does not know answers a plain-text 404 (lightkube raises it untranslated).
+        if err.response.status_code == 404:
+            return False
+        raise
     return True
 
 
@@ -133,7 +146,10 @@ async def list_labelled(resource: type[NamespacedResource], namespace: str, sele
 
 
 async def patch_status(
-    status_resource: type[NamespacedSubResource], name: str, namespace: str, status: Mapping[str, Any]
+    status_resource: type[NamespacedSubResource] | type[NamespacedResourceG],
+    name: str,
+    namespace: str,
+    status: Mapping[str, Any],
 ) -> None:
     """Merge-patch a status subresource, e.g. `DeepSeekTraining.Status` (written only when it changed)."""
     await client().patch(
@@ -152,6 +168,11 @@ async def namespaced_api_served(resource: type[NamespacedResource], namespace: s
             break
     except ApiError as err:
         if is_not_found(err):
+            return False
+        raise
+    except httpx2.HTTPStatusError as err:
+        # An API group the server does not know answers a plain-text 404 (lightkube raises it untranslated).
+        if err.response.status_code == 404:
             return False
         raise
     return True

@@ -24,6 +24,7 @@ log = logging.getLogger("deepseek_operator")
 # Modules whose import registers handlers with kopf's default registry.
 CONTROLLER_MODULES = (
     "deepseek_operator.controllers.settings",
+    "deepseek_operator.controllers.inference",
     "deepseek_operator.controllers.health",
     "deepseek_operator.controllers.training",
 )

@@ -1,54 +1,25 @@
 """The training controller works with least-privilege credentials (the rules docs/operator.md lists).
 
 The operator runs in-process with a ServiceAccount token (TokenRequest, as a pod gets it) bound to exactly the
-rules below instead of admin: a missing permission shows up as a stuck resource and a 403 in the log. The Helm
-chart's ClusterRole must grant at least these. The operator process runs every controller, so the inference
-controller's documented rules are granted too when that controller is present.
+rules in tests/fixtures/rbac.py instead of admin: a missing permission shows up as a stuck resource and a 403 in
+the log. The operator process runs every controller, so the inference controller's rules are granted too. The
+Helm chart's ClusterRole must grant at least the union.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
-from deepseek_operator import naming
 from deepseek_testbed import ControlPlane, fate_annotations, wait_until
 from lightkube import codecs
 from lightkube.resources.rbac_authorization_v1 import ClusterRole, ClusterRoleBinding
 
 from tests.fixtures import training as tr
 from tests.fixtures.operator import OperatorFactory
-
-try:  # the other controller's rules, once both are in one tree
-    from tests.integration.test_inference_rbac import INFERENCE_RULES  # type: ignore[import-not-found]
-except ImportError:
-    INFERENCE_RULES: list[dict[str, Any]] = []
-
-_CRUD = ["get", "list", "watch", "create", "patch"]
-
-# What the operator process needs for DeepSeekTraining (kopf itself, the watch heartbeat, the controller).
-TRAINING_RULES: list[dict[str, Any]] = [
-    # kopf: resource and namespace discovery; Events.
-    {"apiGroups": ["apiextensions.k8s.io"], "resources": ["customresourcedefinitions"], "verbs": ["list", "watch"]},
-    {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["list", "watch"]},
-    {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]},
-    # The resource: watched, finalizer patched by kopf, deleted by its TTL; status written.
-    {
-        "apiGroups": [naming.GROUP],
-        "resources": ["deepseektrainings"],
-        "verbs": ["get", "list", "watch", "patch", "delete"],
-    },
-    {"apiGroups": [naming.GROUP], "resources": ["deepseektrainings/status"], "verbs": ["get", "patch"]},
-    # Owner references with blockOwnerDeletion, where OwnerReferencesPermissionEnforcement is on.
-    {"apiGroups": [naming.GROUP], "resources": ["deepseektrainings/finalizers"], "verbs": ["update"]},
-    # Children (server-side apply = patch; create for the first apply); Jobs are also deleted (retries).
-    {"apiGroups": [""], "resources": ["configmaps", "services", "serviceaccounts"], "verbs": _CRUD},
-    {"apiGroups": ["batch"], "resources": ["jobs"], "verbs": [*_CRUD, "delete"]},
-    {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]},
-    {"apiGroups": ["rbac.authorization.k8s.io"], "resources": ["roles", "rolebindings"], "verbs": _CRUD},
-]
+from tests.fixtures.rbac import TRAINING_RULES
+from tests.integration.test_inference_rbac import INFERENCE_RULES
 
 
 @pytest.fixture

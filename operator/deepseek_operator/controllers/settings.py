@@ -18,6 +18,7 @@ WATCHED_CHILDREN: list[tuple[str, str]] = [
     ("v1", "configmaps"),
     ("v1", "services"),
     ("v1", "serviceaccounts"),
+    ("apps", "deployments"),
     ("batch", "jobs"),
     ("rbac.authorization.k8s.io", "roles"),
     ("rbac.authorization.k8s.io", "rolebindings"),
@@ -27,7 +28,9 @@ WATCHED_CHILDREN: list[tuple[str, str]] = [
 # Kinds the controllers only index or watch (@kopf.index, @kopf.on.event), never with on.create/on.update/
 # on.field handlers: kopf's diff essence of their objects is never used. Remove a kind from here before
 # giving it such a handler.
-ESSENCE_FREE_KINDS = frozenset({"Pod", "Job", "ConfigMap", "Service", "ServiceAccount", "Role", "RoleBinding"})
+ESSENCE_FREE_KINDS = frozenset(
+    {"Pod", "Job", "Deployment", "ConfigMap", "Service", "ServiceAccount", "Role", "RoleBinding"}
+)
 
 
 class LeanDiffBaseStorage(kopf.AnnotationsDiffBaseStorage):
