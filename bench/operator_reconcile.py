@@ -227,7 +227,16 @@ def bench_scale(kube: ControlPlane, client: Client, ns: str, op: OperatorProcess
     wait_until(lambda: all_reconciled(client, ns, count), timeout=1800, interval=1.0, what=f"{count} reconciled")
     elapsed = time.monotonic() - t0
     op.stop_sampling()
-    time.sleep(5)  # let the last status writes come back through the watch
+    # Let the tail of the burst drain (status writes coming back through the watch, queued wake-ups) before
+    # measuring a quiet resync: until the reconcile count stops moving for 5 s (at most 3 minutes).
+    settle_end = time.monotonic() + 180
+    last = op.reconciles()
+    while time.monotonic() < settle_end:
+        time.sleep(5)
+        now_count = op.reconciles()
+        if now_count == last:
+            break
+        last = now_count
     cpu1, rss_after, reconciles1 = op.cpu(), op.rss(), op.reconciles()
     time.sleep(RESYNC_SECONDS + 2)  # one full resync of every resource with nothing to change
     idle_cpu = op.cpu() - cpu1
