@@ -4,11 +4,24 @@ an image that cannot be pulled."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
+from deepseek_operator.builders import training as build
 from deepseek_testbed import ControlPlane, fate_annotations, wait_until
+from deepseek_workers.runconfig import parse_train_config
 
 from tests.fixtures import training as tr
 from tests.fixtures.operator import OperatorRunner
+
+
+def _run_config(kube: ControlPlane, ns: str, name: str) -> tuple[str, str] | None:
+    """(uid, run.json) of the run config ConfigMap, or None before it exists."""
+    res = kube.kubectl("get", "configmap", build.names(name).config, "-n", ns, "-o", "json", check=False)
+    if res.returncode != 0:
+        return None
+    cm = json.loads(res.stdout)
+    return cm["metadata"]["uid"], cm["data"][build.RUN_CONFIG_KEY]
 
 
 def _pod_names(kube: ControlPlane, ns: str, name: str) -> set[str]:
@@ -21,6 +34,7 @@ def test_backoff_exhausted_fails_with_backoff_limit_exceeded(
     ns, name = namespace, "flaky"
     fate = fate_annotations("fail", exit_code=1, run_seconds=0.5)
     tr.apply(kube_cluster, ns, tr.training_manifest(name, fate=fate, runPolicy={"backoffLimit": 1}))
+    first_config = wait_until(lambda: _run_config(kube_cluster, ns, name), timeout=30, what="the run config")
 
     st = tr.wait_phase(kube_cluster, ns, name, "Failed", timeout=90)
     failed = tr.condition(st, "Failed")
@@ -37,6 +51,13 @@ def test_backoff_exhausted_fails_with_backoff_limit_exceeded(
     # The second attempt ran in a fresh Job (same name, next attempt) with its own pod.
     (job,) = tr.jobs(kube_cluster, ns, name)
     assert job["metadata"]["annotations"]["deepseek.ai/attempt"] == "1"
+    # ...reading the same run config: same output location, so its workers resume from the newest checkpoint
+    # under <outputUri>/checkpoints, and the same artifact version.
+    volumes = {v["name"]: v for v in job["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["run-config"]["configMap"]["name"] == build.names(name).config
+    assert _run_config(kube_cluster, ns, name) == first_config
+    cfg = parse_train_config(first_config[1])
+    assert (cfg.output_uri, cfg.artifact_version) == (f"s3://artifacts/{name}", st["artifacts"]["version"])
 
 
 def test_oom_fails_with_oomkilled(kube_cluster: ControlPlane, namespace: str, operator: OperatorRunner) -> None:

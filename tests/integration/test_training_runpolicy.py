@@ -135,3 +135,32 @@ def test_a_resource_created_suspended_starts_nothing_until_resumed(
     _patch(kube_cluster, ns, name, '{"spec":{"runPolicy":{"suspend":false}}}')
     st = tr.wait_phase(kube_cluster, ns, name, "Running")
     assert st["startTime"]
+
+
+def test_deleting_a_running_distributed_training_removes_every_child(
+    kube_cluster: ControlPlane, namespace: str, operator: OperatorRunner
+) -> None:
+    """kubectl delete while its pods run: the resource goes (no finalizer left behind) and garbage collection
+    takes every child, the rendezvous Service and the worker pods included."""
+    ns, name = namespace, "doomed"
+    manifest = tr.training_manifest(name, fate=tr.run_forever(), distributed={"workers": 2, "gpusPerWorker": 1})
+    tr.apply(kube_cluster, ns, manifest)
+    tr.wait_phase(kube_cluster, ns, name, "Running")
+    kinds = {c.split("/")[0] for c in _children(kube_cluster, ns, name)}
+    assert kinds == {
+        "job.batch",
+        "pod",
+        "configmap",
+        "service",
+        "serviceaccount",
+        "role.rbac.authorization.k8s.io",
+        "rolebinding.rbac.authorization.k8s.io",
+    }
+    kube_cluster.kubectl("delete", "dstrain", name, "-n", ns, "--wait=false")
+    wait_until(lambda: tr.get(kube_cluster, ns, name) is None, timeout=60, what="the resource to be deleted")
+    wait_until(
+        lambda: not _children(kube_cluster, ns, name),
+        timeout=90,
+        what="garbage collection of every child",
+        describe=lambda: " ".join(_children(kube_cluster, ns, name)),
+    )
