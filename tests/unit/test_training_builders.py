@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import tempfile
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -10,6 +12,7 @@ from deepseek_operator import naming
 from deepseek_operator.api import DeepSeekTraining, parse_training
 from deepseek_operator.builders import training as build
 from deepseek_operator.config import OperatorConfig
+from deepseek_workers import cli
 from deepseek_workers.runconfig import parse_train_config
 from lightkube import codecs
 
@@ -191,6 +194,9 @@ def test_single_worker_train_job() -> None:
     assert mounts["/etc/deepseek"]["readOnly"] is True
     assert {"/tmp", "/var/cache/deepseek", "/mnt/pvc/artifacts"} <= set(mounts)
     assert "/dev/shm" not in mounts  # one CPU process: no shared memory needed
+    # Time for the worker's checkpoint on SIGTERM (suspend, deadline, preemption); no CPU limit, no thread cap.
+    assert ps["terminationGracePeriodSeconds"] == build.TERMINATION_GRACE_SECONDS
+    assert "DEEPSEEK_NUM_THREADS" not in env
 
 
 def test_distributed_job_uses_torchrun_with_rendezvous_on_worker_zero() -> None:
@@ -246,3 +252,80 @@ def test_job_suspend_flag(suspend: bool) -> None:
         build.job(t, build.owner_of(t), CONFIG, build.TRAIN, attempt=0, version="v", suspend=suspend)["spec"]["suspend"]
         is suspend
     )
+
+
+@pytest.mark.parametrize(
+    ("cpu", "gpus", "threads"), [("16", 8, "2"), ("4", 0, "4"), ("500m", 0, "1"), ("3", 2, "1"), (None, 0, None)]
+)
+def test_cpu_threads_per_process_follow_the_cpu_limit(cpu: str | None, gpus: int, threads: str | None) -> None:
+    limits = {"memory": "8Gi", **({"cpu": cpu} if cpu else {})}
+    t = training(distributed={"workers": 1, "gpusPerWorker": gpus}, resources={"limits": limits})
+    job = build.job(t, build.owner_of(t), CONFIG, build.TRAIN, attempt=0, version="v1")
+    env = {e["name"]: e["value"] for e in job["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env.get("DEEPSEEK_NUM_THREADS") == threads
+
+
+def _expand(arg: str, env: dict[str, str]) -> str:
+    """What the kubelet does to $(VAR) in a container's command."""
+    for key, value in env.items():
+        arg = arg.replace(f"$({key})", value)
+    return arg
+
+
+def _worker_accepts(argv: list[str], run_json: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """Run the worker's own CLI on `argv` (after the program name) with the rendered run config at its path;
+    the stage itself is replaced by a recorder. Returns the run config the worker parsed."""
+    path = tmp_path / "run.json"
+    path.write_text(run_json)
+    seen: list[Any] = []
+    monkeypatch.setitem(cli.COMMANDS, argv[0], lambda text: seen.append(parse_train_config(text)))
+    assert argv[1:] == ["--config", build.RUN_CONFIG_PATH]
+    assert cli.main([argv[0], "--config", str(path)]) == 0
+    (cfg,) = seen
+    return cfg
+
+
+def test_rendered_commands_are_what_the_worker_cli_and_torchrun_accept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Contract with the worker image: its CLI takes the rendered argv and run config, and torchrun's own
+    parser turns the distributed command into the static rendezvous on worker 0 that the engine expects."""
+    from torch.distributed.run import config_from_args, get_args_parser
+
+    # torchrun's launch config makes a log dir and may set OMP_NUM_THREADS: keep both out of other tests.
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    t = training(distributed={"workers": 4, "gpusPerWorker": 8})
+    owner = build.owner_of(t)
+    run_json = build.config_map(t, owner, "v3-x")["data"][build.RUN_CONFIG_KEY]
+    job = build.job(t, owner, CONFIG, build.TRAIN, attempt=0, version="v3-x")
+    (c,) = job["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e["value"] for e in c["env"] if "value" in e}
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert c["command"][0] == "torchrun"
+    for index in range(4):
+        args = get_args_parser().parse_args(
+            [_expand(a, {"JOB_COMPLETION_INDEX": str(index)}) for a in c["command"][1:]]
+        )
+        launch, _, script_args = config_from_args(args)
+        assert (launch.min_nodes, launch.max_nodes, launch.nproc_per_node) == (4, 4, 8)
+        assert (launch.rdzv_backend, launch.rdzv_endpoint) == ("static", "r8-train-0.r8-train:29500")
+        assert launch.rdzv_configs["rank"] == index
+        assert launch.max_restarts == 0  # the Job replaces pods; the engine resumes from the checkpoint
+        assert launch.shutdown_timeout == build.TORCHRUN_SHUTDOWN_SECONDS < build.TERMINATION_GRACE_SECONDS
+        assert (args.module, args.training_script) == (True, "deepseek_workers.cli")
+        assert script_args == ["-u", "-m", "deepseek_workers.cli", "train", "--config", build.RUN_CONFIG_PATH]
+    cfg = _worker_accepts(c["command"][-3:], run_json, tmp_path, monkeypatch)
+    assert (cfg.output_uri, cfg.artifact_version) == ("/mnt/pvc/artifacts/runs/r8", "v3-x")
+
+    single = training()
+    (c,) = build.job(single, build.owner_of(single), CONFIG, build.TRAIN, attempt=0, version="v1")["spec"]["template"][
+        "spec"
+    ]["containers"]
+    assert c["command"][0] == "deepseek-worker"
+    _worker_accepts(c["command"][1:], run_json, tmp_path, monkeypatch)
+    (c,) = build.job(single, build.owner_of(single), CONFIG, build.QUANTIZE, attempt=0, version="v1")["spec"][
+        "template"
+    ]["spec"]["containers"]
+    _worker_accepts(c["command"][1:], run_json, tmp_path, monkeypatch)

@@ -31,12 +31,17 @@ from deepseek_workers.runconfig import (
     TrainRunConfig,
     dump,
 )
-from deepseek_workers.training.launch import DEFAULT_MASTER_PORT, master_address, torchrun_command
+from deepseek_workers.training.launch import (
+    DEFAULT_MASTER_PORT,
+    NUM_THREADS_ENV,
+    master_address,
+    torchrun_command,
+)
 from pydantic import BaseModel
 
 from deepseek_operator import naming
 from deepseek_operator.api import DeepSeekTraining
-from deepseek_operator.api.core import GPU_RESOURCE
+from deepseek_operator.api.core import GPU_RESOURCE, parse_quantity
 from deepseek_operator.builders.common import (
     Manifest,
     Owner,
@@ -61,6 +66,12 @@ METRICS_PORT: Final = 9400
 RENDEZVOUS_PORT: Final = DEFAULT_MASTER_PORT
 WORKER_CONTAINER: Final = "worker"
 PROGRESS_INTERVAL_SECONDS: Final = 10.0
+# A stopped worker (suspend, deadline, preemption) finishes its step and writes a checkpoint before it exits
+# (docs/training.md); Kubernetes' default of 30 s is short for a large model's checkpoint on an object store.
+TERMINATION_GRACE_SECONDS: Final = 120
+# torchrun forwards SIGTERM to its workers but SIGKILLs them after its own shutdown timeout (30 s by default):
+# keep it inside the pod's grace period, with time left for torchrun itself to exit.
+TORCHRUN_SHUTDOWN_SECONDS: Final = TERMINATION_GRACE_SECONDS - 10
 # Worker exit codes that no retry can fix (runconfig.EXIT_BAD_*): the Job fails at once.
 PERMANENT_EXIT_CODES: Final = (64, 65, 66)
 
@@ -340,14 +351,28 @@ def _resources(training: DeepSeekTraining, gpus: int) -> dict[str, Any]:
     return out
 
 
-def _env(training: DeepSeekTraining) -> list[dict[str, Any]]:
+def cpu_threads(training: DeepSeekTraining, processes: int) -> int | None:
+    """CPU threads per worker process: the pod's CPU limit shared among its processes (at least 1); None
+    without a CPU limit. torch would otherwise start one thread per core of the node and be throttled."""
+    res = training.spec.resources
+    limit = ((res.limits if res else None) or {}).get("cpu")
+    if limit is None:
+        return None
+    return max(1, int(parse_quantity(limit)) // max(1, processes))
+
+
+def _env(training: DeepSeekTraining, processes: int) -> list[dict[str, Any]]:
     ours = [
         {"name": "PYTHONUNBUFFERED", "value": "1"},
         # The root filesystem is read-only: caches and HOME go to emptyDirs.
         {"name": "HOME", "value": "/tmp"},
         {"name": "HF_HOME", "value": "/tmp/huggingface"},
         {"name": "DEEPSEEK_MODEL_CACHE", "value": f"{MODEL_CACHE}/models"},
+        {"name": "TORCH_ELASTIC_SHUTDOWN_TIMEOUT", "value": str(TORCHRUN_SHUTDOWN_SECONDS)},
     ]
+    threads = cpu_threads(training, processes)
+    if threads is not None:
+        ours.append({"name": NUM_THREADS_ENV, "value": str(threads)})
     user = [_dump(e) for e in training.spec.env or []]
     taken = {e["name"] for e in user}
     # A user's variable of the same name wins (the Pod API refuses duplicates).
@@ -435,7 +460,7 @@ def job(
         "image": spec.image or config.worker_image,
         "imagePullPolicy": spec.image_pull_policy or config.worker_image_pull_policy,
         "command": worker_command(training, stage),
-        "env": _env(training),
+        "env": _env(training, max(1, gpus)),
         "resources": _resources(training, gpus),
         "securityContext": restricted_container_security(),
         "terminationMessagePolicy": "FallbackToLogsOnError",
@@ -447,6 +472,7 @@ def job(
         container["ports"] = ports
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",
+        "terminationGracePeriodSeconds": TERMINATION_GRACE_SECONDS,
         "serviceAccountName": worker_service_account(training),
         "automountServiceAccountToken": True,
         "securityContext": restricted_pod_security(),
