@@ -95,7 +95,7 @@ def test_ttl_deletes_the_finished_resource_and_every_child(
         name,
         fate=fate_annotations(run_seconds=0.5),
         quantization={"enabled": False},
-        runPolicy={"ttlSecondsAfterFinished": 8},
+        runPolicy={"ttlSecondsAfterFinished": 3600},
     )
     tr.apply(kube_cluster, ns, manifest)
     wait_until(lambda: len(_children(kube_cluster, ns, name)) >= 6, timeout=30, what="the children")
@@ -104,6 +104,8 @@ def test_ttl_deletes_the_finished_resource_and_every_child(
     assert st["artifacts"]["defaultVariant"] == "fp32"
     assert tr.condition(st, "Quantized")["reason"] == "QuantizationDisabled"
 
+    # The TTL may change after the finish, and the new one takes effect.
+    _patch(kube_cluster, ns, name, '{"spec":{"runPolicy":{"ttlSecondsAfterFinished":2}}}')
     wait_until(lambda: tr.get(kube_cluster, ns, name) is None, timeout=60, what="the TTL to delete the resource")
     wait_until(
         lambda: not _children(kube_cluster, ns, name),
