@@ -247,3 +247,16 @@ def test_auto_classes_load_from_the_int8_directory(tmp_path: Path) -> None:
     q8.save_int8(_llama(), tmp_path, method="int8-weight-only", task="causal-lm")
     cfg = AutoConfig.from_pretrained(tmp_path)
     assert isinstance(AutoModelForCausalLM.from_config(cfg), LlamaForCausalLM)
+
+
+def test_recorded_runtime_is_preferred_and_candidates_by_task(tmp_path: Path) -> None:
+    q8.save_int8(_bert(), tmp_path, method="int8-dynamic", task="text-classification")
+    q8.record_runtime(tmp_path, "torchao")
+    assert q8.read_meta(tmp_path)["runtime"] == "torchao"
+    loaded = q8.load_int8(tmp_path)  # the numbers were measured with torchao: serve with torchao
+    assert type(loaded.get_submodule("bert.pooler.dense").weight).__name__ == "Int8Tensor"
+    if q8.fbgemm_available():
+        assert q8.runtime_candidates("int8-dynamic", "text-classification") == ["fbgemm"]
+    # Per-tensor activations wreck small causal LMs: they go straight to torchao's per-token path.
+    assert q8.runtime_candidates("int8-dynamic", "causal-lm") == ["torchao"]
+    assert q8.runtime_candidates("int8-weight-only", "text-classification") == ["torchao"]

@@ -303,3 +303,23 @@ def test_unknown_eval_label_exits_65(
     assert code == EXIT_BAD_DATA
     assert "medicine" in term
     assert not (out / "v3").exists()
+
+
+def test_quantization_disabled_publishes_fp32_only(
+    published: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / "out"
+    shutil.copytree(published["out"] / "trained", out / "trained")
+    eval_file = tmp_path / "eval.jsonl"
+    rows = [json.loads(line) for line in published["eval_file"].read_text().splitlines()[:32]]
+    write_jsonl(eval_file, [(r["text"], r["label"]) for r in rows])
+    config = run_config(str(out), f"file://{eval_file}", enabled=False, exportOnnx=False)
+    code, term = run_cli(tmp_path, config, monkeypatch)
+    assert code == 0, term
+    art = open_artifact(str(out / "v3"))
+    assert set(art.manifest.variants) == {"fp32"}
+    assert art.manifest.served_variant == "fp32"
+    assert art.manifest.over_budget is False
+    assert art.metrics["quantization"]["enabled"] is False
+    assert set(art.metrics["variants"]) == {"fp32"}
+    assert "quantization disabled" in json.loads((out / "progress.json").read_text())["message"]

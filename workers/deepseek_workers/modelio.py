@@ -169,11 +169,23 @@ def _tokenizer(directory: Path) -> Any:
     return AutoTokenizer.from_pretrained(directory)
 
 
-def _load_torch_fp32(directory: Path, device: str) -> LoadedModel:
-    import torch
+def _config(directory: Path) -> Any:
+    """config.json of a model folder, with our own architectures (the dynamic-sparse model) registered first."""
     from transformers import AutoConfig
 
-    config = AutoConfig.from_pretrained(directory)
+    from deepseek_workers.quantization.int8 import register_architectures
+
+    register_architectures()
+    try:
+        return AutoConfig.from_pretrained(directory)
+    except (OSError, ValueError, KeyError) as err:
+        raise BadArtifactError(f"{directory}: cannot read config.json: {type(err).__name__}: {err}") from None
+
+
+def _load_torch_fp32(directory: Path, device: str) -> LoadedModel:
+    import torch
+
+    config = _config(directory)
     task = _task_from_config(config)
     model = _auto_class(task).from_pretrained(directory, dtype=torch.float32).eval().to(device)
     return LoadedModel(
@@ -191,16 +203,15 @@ def _load_torch_fp32(directory: Path, device: str) -> LoadedModel:
 
 
 def _load_int8(directory: Path, device: str, runtime: str | None) -> LoadedModel:
-    from transformers import AutoConfig
-
     from deepseek_workers.quantization.int8 import default_runtime, load_int8, read_meta
 
     meta = read_meta(directory)
-    chosen = runtime or default_runtime(meta["method"], device)
-    if chosen not in ("fbgemm", "torchao"):
-        raise BadArtifactError(f"unknown INT8 runtime {chosen!r}; valid: fbgemm, torchao")
-    model = load_int8(directory, runtime=chosen, device=device)  # type: ignore[arg-type]
-    config = AutoConfig.from_pretrained(directory)
+    if runtime is not None and runtime not in ("fbgemm", "torchao"):
+        raise BadArtifactError(f"unknown INT8 runtime {runtime!r}; valid: fbgemm, torchao")
+    # No runtime given: load_int8 prefers the one the quantize step measured (recorded in quantization.json).
+    model = load_int8(directory, runtime=runtime, device=device)  # type: ignore[arg-type]
+    chosen = str(getattr(model, "int8_runtime", runtime or default_runtime(meta["method"], device)))
+    config = _config(directory)
     return LoadedModel(
         variant="int8",
         requested="int8",
@@ -216,12 +227,10 @@ def _load_int8(directory: Path, device: str, runtime: str | None) -> LoadedModel
 
 
 def _load_onnx(path: Path, device: str, threads: int) -> LoadedModel:
-    from transformers import AutoConfig
-
     from deepseek_workers.quantization.onnx_export import session
 
     directory = path.parent
-    config = AutoConfig.from_pretrained(directory)
+    config = _config(directory)
     task = _task_from_config(config)
     if task != "text-classification":
         raise BadArtifactError(f"{path}: ONNX variants are exported for text classification only")

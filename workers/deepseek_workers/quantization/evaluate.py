@@ -62,6 +62,21 @@ def torch_logits_fn(model: torch.nn.Module, device: str = "cpu") -> LogitsFn:
     return run
 
 
+def torch_lm_step_fn(model: torch.nn.Module, device: str = "cpu") -> LogitsFn:
+    """A causal LM's forward pass keeping only the last position's logits (what a decoding step needs)."""
+
+    def run(input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            out = model(
+                input_ids=torch.from_numpy(input_ids).to(device),
+                attention_mask=torch.from_numpy(attention_mask).to(device),
+                logits_to_keep=1,
+            )
+            return out.logits[:, -1].float().cpu().numpy()  # type: ignore[no-any-return]
+
+    return run
+
+
 def onnx_logits_fn(session: Any) -> LogitsFn:
     names = {i.name for i in session.get_inputs()}
 
