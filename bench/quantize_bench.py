@@ -5,7 +5,9 @@
 One process, one run: every implementation is evaluated on the same 800 held-out R8 examples and timed
 round-robin on the same real inputs (each round calls every implementation once), so a busy machine slows
 them all alike; medians and ratios to torch fp32 eager are reported. Results go to
-bench/results/quantize_minilm.{json,md} (and quantize_smollm2.* with --lm); docs/benchmarks.md summarises them.
+bench/results/quantize_minilm_t<threads>.{json,md} (and quantize_smollm2_t<threads>.* with --lm);
+docs/benchmarks.md summarises them. ``--threads 1`` gives ratios that hold up on a busy shared machine (no
+OpenMP barrier stalls); the default uses every core.
 """
 
 from __future__ import annotations
@@ -138,12 +140,15 @@ def bench_classifier(rows: int, rounds: int, compile_too: bool) -> dict[str, Any
     add("int8-weight-only: torchao (eager)", ev.torch_logits_fn(m), int8_size)
 
     if compile_too:
-        for name, src in (
-            ("torch fp32 (compiled)", None),
-            ("int8-dynamic: torchao (compiled)", work / "int8-dynamic"),
-            ("int8-weight-only: torchao (compiled)", work / "int8-wo"),
-        ):
-            model = copy.deepcopy(base) if src is None else q8.load_int8(src, runtime="torchao")
+        variants: list[tuple[str, Path | None, q8.Runtime]] = [
+            ("torch fp32 (compiled)", None, "torchao"),
+            ("int8-dynamic: torchao (compiled)", work / "int8-dynamic", "torchao"),
+            ("int8-weight-only: torchao (compiled)", work / "int8-wo", "torchao"),
+        ]
+        if q8.fbgemm_available():
+            variants.append(("int8-dynamic: torch.ao dynamic (fbgemm, compiled)", work / "int8-dynamic", "fbgemm"))
+        for name, src, runtime in variants:
+            model = copy.deepcopy(base) if src is None else q8.load_int8(src, runtime=runtime)
             compiled, seconds = _compile_and_warm(model, timing_batches)
             size = impls["torch fp32 (eager)"]["sizeBytes"] if src is None else int8_size
             add(name, ev.torch_logits_fn(compiled), size, compileSeconds=round(seconds, 1))
@@ -157,7 +162,13 @@ def bench_classifier(rows: int, rounds: int, compile_too: bool) -> dict[str, Any
         ("int8-dynamic: onnxruntime per-channel", ox.INT8_FILE),
         ("int8-dynamic: onnxruntime per-tensor", "per-tensor.onnx"),
     ):
-        add(name, ev.onnx_logits_fn(ox.session(onnx_dir / file)), (onnx_dir / file).stat().st_size, exporter=exporter)
+        threads = int(os.environ.get("DEEPSEEK_BENCH_THREADS", "0"))
+        add(
+            name,
+            ev.onnx_logits_fn(ox.session(onnx_dir / file, threads=threads)),
+            (onnx_dir / file).stat().st_size,
+            exporter=exporter,
+        )
 
     print(f"timing {len(fns)} implementations round-robin, {rounds} rounds ...", flush=True)
     speed = ev.measure_speed(fns, single, large, rounds=rounds, warmup=2)
@@ -276,7 +287,11 @@ def main() -> None:
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile variants (slow to build)")
     parser.add_argument("--lm", action="store_true", help="also benchmark SmolLM2-135M (fp32/bf16/INT8)")
     parser.add_argument("--lm-only", action="store_true")
+    parser.add_argument("--threads", type=int, default=0, help="torch and ONNX Runtime threads (0: all cores)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+        os.environ["DEEPSEEK_BENCH_THREADS"] = str(args.threads)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     env = {
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -286,7 +301,7 @@ def main() -> None:
         "torchThreads": torch.get_num_threads(),
         "torch": torch.__version__,
         "quantizedEngine": torch.backends.quantized.engine,
-        "loadAverageAtStart": os.getloadavg()[0],
+        "loadAverageAtStart": round(os.getloadavg()[0], 2),
     }
     for dist in ("torchao", "onnxruntime", "transformers"):
         from importlib.metadata import version
@@ -295,8 +310,8 @@ def main() -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     if not args.lm_only:
         cls = bench_classifier(args.rows, args.rounds, not args.no_compile)
-        cls["environment"] = env
-        (RESULTS / "quantize_minilm.json").write_text(json.dumps(cls, indent=2) + "\n")
+        cls["environment"] = {**env, "loadAverageAtEnd": round(os.getloadavg()[0], 2)}
+        (RESULTS / f"quantize_minilm_t{torch.get_num_threads()}.json").write_text(json.dumps(cls, indent=2) + "\n")
         cols = [
             ("accuracy", "accuracy"),
             ("drop (pts)", "accuracyDropPoints"),
@@ -310,13 +325,15 @@ def main() -> None:
             ("compile s", "compileSeconds"),
         ]
         md = _markdown("INT8 implementations: MiniLM-L6 on Reuters R8 (CPU)", cls, cols)
-        (RESULTS / "quantize_minilm.md").write_text(md + f"\nEnvironment: `{json.dumps(env)}`\n")
+        (RESULTS / f"quantize_minilm_t{torch.get_num_threads()}.md").write_text(
+            md + f"\nEnvironment: `{json.dumps(env)}`\n"
+        )
         print(md)
         gc.collect()
     if args.lm or args.lm_only:
         lm = bench_lm(max(3, args.rounds // 2))
-        lm["environment"] = env
-        (RESULTS / "quantize_smollm2.json").write_text(json.dumps(lm, indent=2) + "\n")
+        lm["environment"] = {**env, "loadAverageAtEnd": round(os.getloadavg()[0], 2)}
+        (RESULTS / f"quantize_smollm2_t{torch.get_num_threads()}.json").write_text(json.dumps(lm, indent=2) + "\n")
         cols = [
             ("next-token acc", "nextTokenAccuracy"),
             ("drop (pts)", "accuracyDropPoints"),
@@ -326,7 +343,9 @@ def main() -> None:
             ("size", "sizeBytes"),
         ]
         md = _markdown("INT8 on a causal LM: SmolLM2-135M (CPU)", lm, cols)
-        (RESULTS / "quantize_smollm2.md").write_text(md + f"\nEnvironment: `{json.dumps(env)}`\n")
+        (RESULTS / f"quantize_smollm2_t{torch.get_num_threads()}.md").write_text(
+            md + f"\nEnvironment: `{json.dumps(env)}`\n"
+        )
         print(md)
 
 
