@@ -22,3 +22,7 @@ pytest:
 
 unit:
 	$(PY) -m pytest tests/unit
+
+# Regenerate crds/*.yaml and the field reference in docs/api.md from deepseek_operator.api (never edit by hand).
+crds:
+	$(PY) -m deepseek_operator.api.crdgen

@@ -10,8 +10,29 @@ venv="$root/.venv"
 uv_version=0.13.9
 
 step() { printf '\n==> %s\n' "$*"; }
+die() {
+  printf 'setup: %s\n' "$*" >&2
+  exit 1
+}
+# Debian packages, installed only when missing (root or passwordless sudo).
+apt_install() {
+  local sudo_cmd=""
+  if [ "$(id -u)" -ne 0 ]; then
+    command -v sudo >/dev/null || die "need root or sudo to install: $*"
+    sudo_cmd="sudo"
+  fi
+  command -v apt-get >/dev/null || die "no apt-get on this machine: install $* by hand"
+  $sudo_cmd apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq --no-install-recommends "$@"
+}
+
+command -v "$py" >/dev/null || die "$py not found (Python >= 3.11 is required; set PYTHON=/path/to/python3.11)"
+"$py" -c 'import sys; sys.exit(sys.version_info < (3, 11))' ||
+  die "$("$py" --version 2>&1) is too old: Python >= 3.11 is required (set PYTHON=/path/to/python3.11)"
 
 if [ ! -x "$venv/bin/python" ]; then
+  # Debian's python3 lacks ensurepip (and so `-m venv`) until python3-venv is installed.
+  "$py" -c 'import ensurepip' 2>/dev/null || apt_install "python3-venv"
   step "creating $venv"
   "$py" -m venv "$venv"
 fi
@@ -32,11 +53,12 @@ missing=()
 command -v promtool >/dev/null || missing+=(prometheus)
 command -v lua5.4 >/dev/null || missing+=(lua5.4)
 if [ ${#missing[@]} -gt 0 ]; then
-  sudo_cmd=""; [ "$(id -u)" -ne 0 ] && sudo_cmd="sudo"
-  $sudo_cmd apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq --no-install-recommends "${missing[@]}"
+  apt_install "${missing[@]}"
 fi
 
 step "building the Kubernetes control plane (cached by version; cold build takes ~10 minutes)"
-tools/testbed/build.sh >/dev/null
-echo "binaries: $(tools/testbed/build.sh 2>/dev/null | tail -1)"
+# Go from the official tarball lives outside the default PATH.
+[ -x /usr/local/go/bin/go ] && PATH="$PATH:/usr/local/go/bin"
+bin_dir="$(tools/testbed/build.sh | tail -1)"
+echo "binaries: $bin_dir"
 step "done. Next: make test   (or: make quickstart)"

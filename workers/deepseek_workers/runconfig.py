@@ -17,6 +17,7 @@ from typing import Annotated, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic.alias_generators import to_camel
+from pydantic.config import JsonDict
 
 RUN_CONFIG_VERSION: Final = "deepseek.ai/runconfig-v1"
 DEFAULT_RUN_CONFIG_PATH = "/etc/deepseek/run.json"
@@ -32,6 +33,28 @@ class SpecModel(BaseModel):
     """Base for every contract model: camelCase on the wire, unknown fields refused."""
 
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
+
+
+def _cel(rule: str, message: str, field_path: str = "") -> JsonDict:
+    """A CEL rule for the CRD schema (``x-kubernetes-validations``), mirroring a pydantic validator below.
+
+    The CRDs reuse these models (``deepseek_operator.api``); the API server then refuses the same input at
+    apply time with the same message.
+    """
+    out: JsonDict = {"rule": rule, "message": message}
+    if field_path:
+        out["fieldPath"] = field_path
+    return out
+
+
+def _cel_rules(*rules: JsonDict) -> ConfigDict:
+    return ConfigDict(json_schema_extra={"x-kubernetes-validations": list(rules)})
+
+
+_ONE_LOCATION = "set exactly one of pvc or uri"
+_ONE_MODEL_SOURCE = "set exactly one model source: builtin, pvc or uri"
+_ONE_DATASET_SOURCE = "set exactly one dataset source: builtin, pvc or uri"
+_NO_PARENT = "must not contain '..' segments"
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -60,11 +83,13 @@ class PVCPath(SpecModel):
         ),
     ]
 
+    model_config = _cel_rules(_cel(r"!self.path.matches(r'(^|/)\.\.(/|$)')", "path " + _NO_PARENT, ".path"))
+
     @field_validator("path")
     @classmethod
     def _no_parent_segments(cls, value: str) -> str:
         if ".." in value.split("/"):
-            raise ValueError("must not contain '..' segments")
+            raise ValueError(_NO_PARENT)
         return value
 
 
@@ -82,10 +107,12 @@ class Location(SpecModel):
         ),
     ]
 
+    model_config = _cel_rules(_cel("has(self.pvc) != has(self.uri)", _ONE_LOCATION))
+
     @model_validator(mode="after")
     def _exactly_one(self) -> Location:
         if (self.pvc is None) == (self.uri is None):
-            raise ValueError("set exactly one of pvc or uri")
+            raise ValueError(_ONE_LOCATION)
         return self
 
 
@@ -133,7 +160,10 @@ class ModelSpec(SpecModel):
 
     task: Annotated[
         Task,
-        Field(default="text-classification", description="text-classification or causal-lm."),
+        Field(
+            default="text-classification",
+            description="text-classification (one label per text) or causal-lm (next-token prediction, generation).",
+        ),
     ]
     builtin: Annotated[BuiltinModel | None, Field(default=None, description="A model shipped in the worker image.")]
     pvc: Annotated[
@@ -150,10 +180,14 @@ class ModelSpec(SpecModel):
         ),
     ]
 
+    model_config = _cel_rules(
+        _cel("[has(self.builtin), has(self.pvc), has(self.uri)].filter(x, x).size() == 1", _ONE_MODEL_SOURCE)
+    )
+
     @model_validator(mode="after")
     def _exactly_one_source(self) -> ModelSpec:
         if sum(x is not None for x in (self.builtin, self.pvc, self.uri)) != 1:
-            raise ValueError("set exactly one model source: builtin, pvc or uri")
+            raise ValueError(_ONE_MODEL_SOURCE)
         return self
 
 
@@ -225,10 +259,14 @@ class DatasetSpec(SpecModel):
         int, Field(default=128, ge=8, le=8192, description="Truncate tokenised inputs to this many tokens.")
     ]
 
+    model_config = _cel_rules(
+        _cel("[has(self.builtin), has(self.pvc), has(self.uri)].filter(x, x).size() == 1", _ONE_DATASET_SOURCE)
+    )
+
     @model_validator(mode="after")
     def _exactly_one_source(self) -> DatasetSpec:
         if sum(x is not None for x in (self.builtin, self.pvc, self.uri)) != 1:
-            raise ValueError("set exactly one dataset source: builtin, pvc or uri")
+            raise ValueError(_ONE_DATASET_SOURCE)
         return self
 
 
@@ -245,13 +283,22 @@ class LoRASpec(SpecModel):
     alpha: Annotated[int, Field(default=16, ge=1, le=1024, description="Scaling numerator (scale = alpha / r).")]
     dropout: Annotated[float, Field(default=0.05, ge=0.0, lt=1.0, description="Dropout on the adapter input.")]
     target_modules: Annotated[
-        list[str] | None,
+        list[Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.]+$")]] | None,
         Field(
             default=None,
+            min_length=1,
             max_length=64,
             description="Module names to adapt (e.g. query, value); the model family's defaults when omitted.",
+            json_schema_extra={"x-kubernetes-list-type": "set"},
         ),
     ]
+
+    @field_validator("target_modules")
+    @classmethod
+    def _unique_modules(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None and len(set(value)) != len(value):
+            raise ValueError("target module names must be unique")
+        return value
 
 
 class SparsitySpec(SpecModel):
