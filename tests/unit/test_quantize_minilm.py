@@ -68,7 +68,9 @@ def run_cli(tmp: Path, config: dict[str, Any], monkeypatch: pytest.MonkeyPatch) 
 def published(finetuned_minilm_r8: FineTunedClassifier, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     tmp = tmp_path_factory.mktemp("quantize")
     out = tmp / "out"
-    publish_trained(finetuned_minilm_r8.path, str(out / "trained" / "v3"))
+    # The train step's own artifact (the training engine ran it, tests/fixtures/ml.py), where a TrainRun with
+    # quantization enabled leaves it: <outputUri>/trained/<artifactVersion>.
+    shutil.copytree(finetuned_minilm_r8.artifact, out / "trained" / "v3")
     eval_file = tmp / "eval.jsonl"
     write_jsonl(eval_file, [(r.text, r.label) for r in finetuned_minilm_r8.eval_rows])
     with pytest.MonkeyPatch.context() as mp:
