@@ -86,8 +86,9 @@ def runtime_candidates(method: str, task: str, device: str = "cpu") -> list[Runt
     One runtime per case today. fbgemm quantizes activations per tensor (7-bit range): fine for BERT-style
     classifiers (0.0 points lost on R8), but it wrecks small causal LMs (SmolLM2-135M: next-token accuracy
     0.31 -> 0.18), where torchao's per-token activations hold up, so causal LMs use torchao. No fallback from
-    fbgemm to torchao for classifiers: on CPU torchao's eager INT8 measured 0.45x the speed of fp32, so the
-    fallback would publish an INT8 model slower than the fp32 one; over budget, fp32 is served instead.
+    fbgemm to torchao for classifiers: on CPU torchao's eager INT8 measured 0.45x (2 threads) to 1.17x (1 thread)
+    the speed of fp32, so the fallback would publish an INT8 model about as slow as fp32 or slower; over budget,
+    fp32 is served instead.
     """
     first = default_runtime(method, device)
     if first == "fbgemm" and task != "text-classification":
