@@ -31,23 +31,24 @@ SOURCE = SourceRef(kind="DeepSeekTraining", namespace="ns", name="sparse", uid="
 
 
 def _config(**kw: object) -> SparseGatedConfig:
-    return SparseGatedConfig(
-        vocab_size=200,
-        hidden_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_local_experts=4,
-        num_experts_per_tok=2,
-        expert_size=64,
-        max_position_embeddings=64,
-        dropout=0.0,
-        **kw,
-    )
+    shape: dict[str, object] = {
+        "vocab_size": 200,
+        "hidden_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_local_experts": 4,
+        "num_experts_per_tok": 2,
+        "expert_size": 64,
+        "max_position_embeddings": 64,
+        "dropout": 0.0,
+    }
+    return SparseGatedConfig(**{**shape, **kw})
 
 
-def _classifier() -> SparseGatedForSequenceClassification:
+def _classifier(vocab_size: int = 200) -> SparseGatedForSequenceClassification:
     torch.manual_seed(0)
-    cfg = _config(num_labels=3, id2label={0: "a", 1: "b", 2: "c"}, label2id={"a": 0, "b": 1, "c": 2})
+    labels = {"num_labels": 3, "id2label": {0: "a", 1: "b", 2: "c"}, "label2id": {"a": 0, "b": 1, "c": 2}}
+    cfg = _config(vocab_size=vocab_size, **labels)
     cfg.architectures = ["SparseGatedForSequenceClassification"]
     return SparseGatedForSequenceClassification(cfg).eval()
 
@@ -127,3 +128,45 @@ def test_unknown_architecture_is_named(tmp_path: Path) -> None:
     shutil.copytree(int8, plain)
     with pytest.raises(BadArtifactError, match="not_a_registered_model"):
         load_model(plain, "fp32")
+
+
+def test_quantize_step_runs_on_a_sparse_trained_artifact(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`deepseek-worker quantize` on what the train step leaves for a sparse classifier: it completes and says
+    what it published (tiny random model, so its accuracy is arbitrary: INT8 is either published or refused as
+    over budget, never quietly worse)."""
+    from deepseek_workers import cli
+
+    tokenizer = AutoTokenizer.from_pretrained(minilm_path())
+    model = _classifier(vocab_size=tokenizer.vocab_size)
+    out = tmp_path / "out"
+    with write_artifact(str(out / "trained" / "v1"), version="v1", source=SOURCE, task="text-classification") as art:
+        model.save_pretrained(art.dir / "fp32")
+        tokenizer.save_pretrained(art.dir / "fp32")
+        art.add_variant("fp32", "fp32", "hf-safetensors")
+    data = tmp_path / "eval.jsonl"
+    words = ["oil prices rose", "the bank cut rates", "wheat exports fell", "profits doubled", "shares were sold"]
+    data.write_text("".join(json.dumps({"text": w, "label": "abc"[i % 3]}) + "\n" for i, w in enumerate(words * 4)))
+    config = {
+        "source": SOURCE.model_dump(by_alias=True),
+        "model": {"task": "text-classification", "builtin": {"name": "all-minilm-l6-v2"}},
+        "dataset": {"uri": f"file://{data}", "eval": {"uri": f"file://{data}"}, "maxLength": 16},
+        "quantization": {"method": "int8-dynamic", "maxAccuracyDrop": 0.05, "exportOnnx": True},
+        "outputUri": str(out),
+        "artifactVersion": "v1",
+    }
+    (tmp_path / "run.json").write_text(json.dumps(config))
+    monkeypatch.setattr(cli, "TERMINATION_LOG", tmp_path / "termination-log")
+    assert cli.main(["quantize", "--config", str(tmp_path / "run.json")]) == 0
+    published = load_model(out / "v1", "auto")
+    assert isinstance(published.model, SparseGatedForSequenceClassification)
+    manifest = published.artifact.manifest if published.artifact else None
+    assert manifest is not None
+    assert "fp32" in manifest.variants
+    assert ("int8" in manifest.variants) != manifest.over_budget
+    metrics = json.loads((out / "v1" / "metrics.json").read_text())
+    assert metrics["variants"]["int8"]["quantizedModules"] > 0
+    assert metrics["quantization"]["servedVariant"] == manifest.served_variant
+    # ONNX: exported and checked, or left out with the reason recorded (never a crash of the step).
+    onnx = metrics["variants"]["onnx-fp32"]
+    assert onnx["published"] == ("onnx-fp32" in manifest.variants)
+    assert onnx["published"] or onnx["note"]
