@@ -32,11 +32,6 @@ from deepseek_testbed.node_agent import REPO_ROOT
 
 from tests.e2e.conftest import Kubectl
 
-# Temporary, until the quantize step (branch quantize) and the training controller (branch ctrl-training) are
-# on main: without them nothing would train or quantize. Removed by the merge of main that brings them.
-pytest.importorskip("deepseek_workers.quantization.run", reason="the quantize step is not merged yet")
-pytest.importorskip("deepseek_operator.status.training", reason="the training controller is not merged yet")
-
 NAME = "minilm-r8"
 R8_LABELS = {"earn", "acq", "crude", "trade", "money-fx", "interest", "ship", "grain"}
 # The slice of `scripts/quickstart --small` (see SMALL): what fits the e2e budget on 2 cores.
