@@ -78,6 +78,10 @@ def test_quickstart_trains_quantizes_and_serves(kube: Kubectl, dev_cluster: DevC
     assert any(p.get("percent", 0) > 0 for p in train_reports)
     assert any(p.get("loss") is not None for p in train_reports)
     assert train_reports[-1]["totalSteps"] == TRAIN_SAMPLES // BATCH  # one epoch
+    quantize_reports = [p for p in progress if p.get("stage") == "quantize"]
+    assert quantize_reports, progress
+    assert quantize_reports[-1]["percent"] == 100
+    assert not any("loss" in p or "samplesPerSecond" in p for p in quantize_reports), quantize_reports
     assert status["completionTime"]
     conditions = {c["type"]: c for c in status["conditions"]}
     for kind, reason in (("Trained", None), ("Quantized", "Quantized"), ("Succeeded", None)):
