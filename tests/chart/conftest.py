@@ -1,0 +1,31 @@
+"""Fixtures of the chart tests: the real helm binary (from the testbed's build) and rendered manifests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from deepseek_testbed.binaries import ensure_binaries
+
+from tests.chart.helm import ALL_ON_VALUES, Helm
+
+
+@pytest.fixture(scope="session")
+def helm(tmp_path_factory: pytest.TempPathFactory) -> Helm:
+    return Helm(ensure_binaries()["helm"], tmp_path_factory.mktemp("helm-home"))
+
+
+@pytest.fixture(scope="session")
+def rendered_defaults(helm: Helm, tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
+    return helm.render(tmp_path_factory.mktemp("render"))
+
+
+@pytest.fixture(scope="session")
+def rendered_all_on(helm: Helm, tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
+    return helm.render(tmp_path_factory.mktemp("render"), files=[ALL_ON_VALUES])
+
+
+@pytest.fixture
+def tmp(tmp_path: Path) -> Path:
+    return tmp_path
