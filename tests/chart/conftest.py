@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from deepseek_testbed import ControlPlane
 from deepseek_testbed.binaries import ensure_binaries
 
 from tests.chart.helm import ALL_ON_VALUES, Helm
@@ -29,3 +30,27 @@ def rendered_all_on(helm: Helm, tmp_path_factory: pytest.TempPathFactory) -> lis
 @pytest.fixture
 def tmp(tmp_path: Path) -> Path:
     return tmp_path
+
+
+MONITORING_CRDS = Path(__file__).resolve().parents[1] / "data" / "monitoring.coreos.com.yaml"
+
+
+def install_monitoring_crds(cp: ControlPlane) -> None:
+    """The Prometheus Operator's ServiceMonitor, PodMonitor and PrometheusRule kinds (minimal test CRDs)."""
+    cp.kubectl(
+        "apply", "--server-side", "--force-conflicts", "--field-manager=deepseek-tests", "-f", str(MONITORING_CRDS)
+    )
+    cp.kubectl(
+        "wait",
+        "--for=condition=Established",
+        "--timeout=60s",
+        "crd/servicemonitors.monitoring.coreos.com",
+        "crd/podmonitors.monitoring.coreos.com",
+        "crd/prometheusrules.monitoring.coreos.com",
+    )
+
+
+@pytest.fixture(scope="session")
+def monitoring_crds(kube_api: ControlPlane) -> ControlPlane:
+    install_monitoring_crds(kube_api)
+    return kube_api

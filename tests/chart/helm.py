@@ -114,3 +114,24 @@ def one(docs: Sequence[Mapping[str, Any]], kind: str, name: str | None = None) -
 
 def kinds(docs: Sequence[Mapping[str, Any]]) -> set[str]:
     return {str(d["kind"]) for d in docs}
+
+
+def first_difference(a: Any, b: Any, path: str = "") -> str | None:
+    """The first path where two parsed documents differ (for readable assertion messages), or None."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        for key in sorted(set(a) | set(b), key=str):
+            if key not in a or key not in b:
+                return f"{path}.{key}: only in {'first' if key in a else 'second'}"
+            found = first_difference(a[key], b[key], f"{path}.{key}")
+            if found:
+                return found
+        return None
+    if isinstance(a, list) and isinstance(b, list):
+        if len(a) != len(b):
+            return f"{path}: {len(a)} items vs {len(b)}"
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            found = first_difference(x, y, f"{path}[{i}]")
+            if found:
+                return found
+        return None
+    return None if a == b else f"{path}: {a!r} != {b!r}"
