@@ -34,9 +34,9 @@ REFUSED: list[tuple[str, dict[str, Any], list[str]]] = [
     ("resync-zero", {"operator": {"resyncSeconds": 0}}, ["at '/operator/resyncSeconds'", "minimum"]),
     ("duration", {"serviceMonitor": {"interval": "soon"}}, ["at '/serviceMonitor/interval'", "does not match pattern"]),
     (
-        "ratio-above-one",
-        {"prometheusRule": {"alerts": {"queueSaturation": {"ratio": 1.5}}}},
-        ["at '/prometheusRule/alerts/queueSaturation/ratio'", "maximum"],
+        "queue-depth-zero",
+        {"prometheusRule": {"alerts": {"queueSaturation": {"depth": 0}}}},
+        ["at '/prometheusRule/alerts/queueSaturation/depth'", "minimum"],
     ),
     (
         "latency-zero",
