@@ -6,10 +6,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from deepseek_testbed import ControlPlane
+from deepseek_testbed import ControlPlane, wait_until
 from deepseek_testbed.binaries import ensure_binaries
 
 from tests.chart.helm import ALL_ON_VALUES, Helm
+from tests.fixtures.chart_rbac import chart_rbac  # noqa: F401  (fixture shared with the controller tests)
 
 
 @pytest.fixture(scope="session")
@@ -54,3 +55,22 @@ def install_monitoring_crds(cp: ControlPlane) -> None:
 def monitoring_crds(kube_api: ControlPlane) -> ControlPlane:
     install_monitoring_crds(kube_api)
     return kube_api
+
+
+@pytest.fixture(scope="session")
+def project_crds(kube_api: ControlPlane) -> list[str]:
+    """The project's CRDs (crds/) on the session's control plane, as the controller tests install them."""
+    files = sorted((Path(__file__).resolve().parents[2] / "crds").glob("*.yaml"))
+    for f in files:
+        kube_api.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(f))
+    names = [f.stem.split("_", 1)[1] + "." + f.stem.split("_", 1)[0] for f in files]
+    kube_api.kubectl("wait", "--for=condition=Established", "--timeout=60s", *[f"crd/{n}" for n in names])
+    # Established comes a moment before the API server's storage for the kind answers ("storage is
+    # (re)initializing", 429): wait until a list works.
+    for name in names:
+        wait_until(
+            lambda name=name: kube_api.kubectl("get", name, "-A", check=False).returncode == 0,
+            timeout=60,
+            what=f"{name} to be served",
+        )
+    return names

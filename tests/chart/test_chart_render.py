@@ -224,7 +224,7 @@ def test_namespaced_rbac(helm: Helm, tmp_path: Path) -> None:
     for b in bindings:
         assert b["roleRef"]["kind"] == "Role"
         assert b["subjects"][0]["namespace"] == "deepseek-system"
-    # Cluster-wide, only read access to CRDs (kopf's resource discovery) and the aggregated user roles.
+    # Cluster-wide, only reads of CRDs and namespaces (kopf's discovery) and the aggregated user roles.
     cluster_roles = {d["metadata"]["name"]: d for d in by_kind(docs, "ClusterRole")}
     discovery = cluster_roles.pop("ds-deepseek-operator-discovery")
     assert discovery["rules"] == [
@@ -232,7 +232,8 @@ def test_namespaced_rbac(helm: Helm, tmp_path: Path) -> None:
             "apiGroups": ["apiextensions.k8s.io"],
             "resources": ["customresourcedefinitions"],
             "verbs": ["get", "list", "watch"],
-        }
+        },
+        {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["get", "list", "watch"]},
     ]
     assert set(cluster_roles) == {"ds-deepseek-operator-edit", "ds-deepseek-operator-view"}
     assert [b["roleRef"]["name"] for b in by_kind(docs, "ClusterRoleBinding")] == ["ds-deepseek-operator-discovery"]

@@ -5,10 +5,11 @@ Never Secrets: workers get credentials through env/envFrom references, which the
 reading them.
 */}}
 {{- define "deepseek-operator.namespacedRules" -}}
-# The two custom resources: watch, add/remove the finalizer, write status.
+# The two custom resources: watch, add/remove the finalizer, write status; delete a finished training whose
+# runPolicy.ttlSecondsAfterFinished has passed.
 - apiGroups: ["deepseek.ai"]
   resources: ["deepseektrainings", "deepseekinferences"]
-  verbs: ["get", "list", "watch", "patch", "update"]
+  verbs: ["get", "list", "watch", "patch", "update", "delete"]
 - apiGroups: ["deepseek.ai"]
   resources: ["deepseektrainings/status", "deepseekinferences/status"]
   verbs: ["get", "patch", "update"]
@@ -51,9 +52,18 @@ reading them.
   verbs: ["create", "patch"]
 {{- end }}
 
-{{/* Cluster-scoped reads kopf needs in either mode: it discovers the watched resources through their CRDs. */}}
+{{/* Cluster-scoped reads kopf needs in either mode: it discovers the watched resources through their CRDs (and
+the inference controller notices the ServiceMonitor CRD appearing). */}}
 {{- define "deepseek-operator.clusterRules" -}}
 - apiGroups: ["apiextensions.k8s.io"]
   resources: ["customresourcedefinitions"]
+  verbs: ["get", "list", "watch"]
+{{- end }}
+
+{{/* Namespaced mode only: kopf checks which of the watched namespaces exist by listing namespaces (names
+only); without it, it retries, logs errors and falls back to assuming they exist. */}}
+{{- define "deepseek-operator.namespaceRules" -}}
+- apiGroups: [""]
+  resources: ["namespaces"]
   verbs: ["get", "list", "watch"]
 {{- end }}
