@@ -1,1 +1,7 @@
-pytest_plugins = ["tests.fixtures.ml", "tests.fixtures.s3", "deepseek_testbed.pytest_plugin", "pytester"]
+pytest_plugins = [
+    "tests.fixtures.ml",
+    "tests.fixtures.s3",
+    "tests.fixtures.operator",
+    "deepseek_testbed.pytest_plugin",
+    "pytester",
+]

@@ -21,6 +21,21 @@ class OperatorConfig:
     liveness_port: int = 8081
     # How often each resource is re-reconciled when nothing happens (drift, TTLs, deadlines).
     resync_seconds: float = 30.0
+    # Address the liveness endpoint listens on (tests bind 127.0.0.1).
+    liveness_host: str = "0.0.0.0"
+    # The operator's own namespace (downward API in the chart); the liveness heartbeat ConfigMap lives there
+    # (or in the first watched namespace when the operator watches a list of namespaces without its own).
+    namespace: str | None = None
+    # Liveness: the operator touches a heartbeat ConfigMap every heartbeat_seconds and watches it; /healthz
+    # fails once no watch event has arrived for liveness_stale_seconds (the watch streams have stalled).
+    heartbeat_seconds: float = 10.0
+    liveness_stale_seconds: float = 60.0
+
+    @property
+    def heartbeat_namespace(self) -> str | None:
+        if self.namespaces and (self.namespace is None or self.namespace not in self.namespaces):
+            return self.namespaces[0]
+        return self.namespace
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> OperatorConfig:
@@ -33,4 +48,7 @@ class OperatorConfig:
             metrics_port=int(e.get("DEEPSEEK_METRICS_PORT", defaults.metrics_port)),
             liveness_port=int(e.get("DEEPSEEK_LIVENESS_PORT", defaults.liveness_port)),
             resync_seconds=float(e.get("DEEPSEEK_RESYNC_SECONDS", defaults.resync_seconds)),
+            namespace=e.get("POD_NAMESPACE") or None,
+            heartbeat_seconds=float(e.get("DEEPSEEK_HEARTBEAT_SECONDS", defaults.heartbeat_seconds)),
+            liveness_stale_seconds=float(e.get("DEEPSEEK_LIVENESS_STALE_SECONDS", defaults.liveness_stale_seconds)),
         )

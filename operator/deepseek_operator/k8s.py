@@ -13,13 +13,19 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
+import httpx2
 from lightkube import ApiError, AsyncClient, KubeConfig
 from lightkube import codecs as lk_codecs
-from lightkube.core.resource import NamespacedResource, NamespacedSubResource, Resource
+from lightkube.core.resource import NamespacedResource, NamespacedResourceG, NamespacedSubResource, Resource
 from lightkube.generic_resource import create_namespaced_resource
 from lightkube.models.meta_v1 import ObjectMeta
-from lightkube.resources.core_v1 import Event
-from lightkube.types import PatchType
+from lightkube.resources.apps_v1 import Deployment
+from lightkube.resources.autoscaling_v2 import HorizontalPodAutoscaler
+from lightkube.resources.batch_v1 import Job
+from lightkube.resources.core_v1 import ConfigMap, Event, Pod, Service, ServiceAccount
+from lightkube.resources.policy_v1 import PodDisruptionBudget
+from lightkube.resources.rbac_authorization_v1 import Role, RoleBinding
+from lightkube.types import CascadeType, PatchType
 
 from deepseek_operator import naming
 
@@ -34,6 +40,23 @@ DeepSeekInference = create_namespaced_resource(
 )
 ServiceMonitor = create_namespaced_resource("monitoring.coreos.com", "v1", "ServiceMonitor", "servicemonitors")
 
+# Namespaced kinds the controllers address by kind name (builders and status code never import lightkube).
+KINDS: dict[str, type[NamespacedResource]] = {
+    "ConfigMap": ConfigMap,
+    "Deployment": Deployment,
+    "HorizontalPodAutoscaler": HorizontalPodAutoscaler,
+    "Job": Job,
+    "Pod": Pod,
+    "PodDisruptionBudget": PodDisruptionBudget,
+    "Role": Role,
+    "RoleBinding": RoleBinding,
+    "Service": Service,
+    "ServiceAccount": ServiceAccount,
+    "ServiceMonitor": ServiceMonitor,
+    naming.TRAINING_KIND: DeepSeekTraining,
+    naming.INFERENCE_KIND: DeepSeekInference,
+}
+
 _client: AsyncClient | None = None
 
 
@@ -42,6 +65,14 @@ def configure(kubeconfig: str | None = None) -> None:
     global _client
     config = KubeConfig.from_file(kubeconfig) if kubeconfig else KubeConfig.from_env()
     _client = AsyncClient(config=config, field_manager=naming.FIELD_MANAGER)
+
+
+async def close() -> None:
+    """Close the client (end of an operator run); the next call to client() configures a new one."""
+    global _client
+    if _client is not None:
+        await _client.close()
+        _client = None
 
 
 def client() -> AsyncClient:
@@ -70,15 +101,33 @@ async def apply_all(manifests: list[Mapping[str, Any]]) -> None:
         await apply(manifest)
 
 
-async def delete(resource: type[NamespacedResource], name: str, namespace: str) -> bool:
-    """Delete an object (background propagation); False if it was already gone."""
+async def delete(resource: type[NamespacedResource], name: str, namespace: str, *, foreground: bool = False) -> bool:
+    """Delete an object (background propagation, or foreground: the object stays, terminating, until its
+    dependents are gone); False if it was already gone."""
     try:
-        await client().delete(resource, name, namespace=namespace)
+        cascade = CascadeType.FOREGROUND if foreground else CascadeType.BACKGROUND
+        await client().delete(resource, name, namespace=namespace, cascade=cascade)
     except ApiError as err:
         if is_not_found(err):
             return False
         raise
+    except httpx2.HTTPStatusError as err:
+        # An API group the server does not know answers a plain-text 404 (lightkube raises it untranslated).
+        if err.response.status_code == 404:
+            return False
+        raise
     return True
+
+
+async def delete_named(kind: str, name: str, namespace: str, *, foreground: bool = False) -> bool:
+    """`delete()` by kind name (a key of KINDS)."""
+    return await delete(KINDS[kind], name, namespace, foreground=foreground)
+
+
+async def merge_patch(kind: str, name: str, namespace: str, patch: Mapping[str, Any]) -> None:
+    """JSON merge patch of one object by kind name (a key of KINDS), for the few fields changed in place
+    (e.g. a Job's spec.suspend); children are otherwise applied whole with apply()."""
+    await client().patch(KINDS[kind], name, dict(patch), namespace=namespace, patch_type=PatchType.MERGE)
 
 
 async def get(resource: type[NamespacedResource], name: str, namespace: str) -> Any | None:
@@ -97,7 +146,10 @@ async def list_labelled(resource: type[NamespacedResource], namespace: str, sele
 
 
 async def patch_status(
-    status_resource: type[NamespacedSubResource], name: str, namespace: str, status: Mapping[str, Any]
+    status_resource: type[NamespacedSubResource] | type[NamespacedResourceG],
+    name: str,
+    namespace: str,
+    status: Mapping[str, Any],
 ) -> None:
     """Merge-patch a status subresource, e.g. `DeepSeekTraining.Status` (written only when it changed)."""
     await client().patch(
@@ -116,6 +168,11 @@ async def namespaced_api_served(resource: type[NamespacedResource], namespace: s
             break
     except ApiError as err:
         if is_not_found(err):
+            return False
+        raise
+    except httpx2.HTTPStatusError as err:
+        # An API group the server does not know answers a plain-text 404 (lightkube raises it untranslated).
+        if err.response.status_code == 404:
             return False
         raise
     return True

@@ -16,12 +16,17 @@ from collections.abc import Sequence
 import kopf
 from prometheus_client import start_http_server
 
+from deepseek_operator import k8s
 from deepseek_operator.config import OperatorConfig
 
 log = logging.getLogger("deepseek_operator")
 
 # Modules whose import registers handlers with kopf's default registry.
-CONTROLLER_MODULES = ("deepseek_operator.controllers.settings",)
+CONTROLLER_MODULES = (
+    "deepseek_operator.controllers.settings",
+    "deepseek_operator.controllers.inference",
+    "deepseek_operator.controllers.health",
+)
 
 
 def load_controllers() -> None:
@@ -32,20 +37,32 @@ def load_controllers() -> None:
 async def run_operator(
     config: OperatorConfig,
     *,
+    kubeconfig: str | None = None,
     stop_flag: asyncio.Event | threading.Event | None = None,
     ready_flag: asyncio.Event | threading.Event | None = None,
     liveness: bool = True,
 ) -> None:
-    """Run until `stop_flag` is set (or forever); used by main() and by in-process tests."""
+    """Run until `stop_flag` is set (or forever); used by main() and by in-process tests.
+
+    `kubeconfig` (a path) makes both kopf and the operator's own client use it instead of the environment's
+    configuration (tests run the operator with admin or with the chart's ServiceAccount credentials). Handlers
+    find `config` and `kubeconfig` on kopf's `memo`.
+    """
     load_controllers()
-    await kopf.operator(
-        standalone=True,
-        clusterwide=not config.namespaces,
-        namespaces=config.namespaces,
-        liveness_endpoint=f"http://0.0.0.0:{config.liveness_port}/healthz" if liveness else None,
-        stop_flag=stop_flag,
-        ready_flag=ready_flag,
-    )
+    # A fresh client per run: an httpx client belongs to the event loop that created it.
+    k8s.configure(kubeconfig)
+    try:
+        await kopf.operator(
+            standalone=True,
+            clusterwide=not config.namespaces,
+            namespaces=config.namespaces,
+            liveness_endpoint=f"http://{config.liveness_host}:{config.liveness_port}/healthz" if liveness else None,
+            stop_flag=stop_flag,
+            ready_flag=ready_flag,
+            memo=kopf.Memo(config=config, kubeconfig=kubeconfig),
+        )
+    finally:
+        await k8s.close()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

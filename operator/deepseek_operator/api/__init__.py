@@ -22,6 +22,7 @@ from .inference import (
     InferenceModelSpec,
     InferencePhase,
     MonitoringSpec,
+    ResolvedModel,
     ServiceSpec,
     TrainingRef,
 )
@@ -109,6 +110,7 @@ __all__ = [
     "InferencePhase",
     "MonitoringSpec",
     "ObjectMeta",
+    "ResolvedModel",
     "RunPolicy",
     "ServiceSpec",
     "TrainingArtifacts",

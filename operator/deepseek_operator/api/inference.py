@@ -265,6 +265,25 @@ def object_rules() -> list[Rule[Any]]:
     return [name_rule(KIND)]
 
 
+class ResolvedModel(StatusModel):
+    """The artifact the spec resolved to: what the pods are asked to serve (kept when a referenced training goes)."""
+
+    uri: Annotated[
+        str,
+        Field(
+            max_length=4096,
+            description="The artifact version directory: s3://bucket/prefix, file:///path or pvc://<claim>/<path>.",
+        ),
+    ]
+    version: Annotated[str, Field(max_length=128, description="The artifact version (the directory's name).")]
+    variant: Annotated[Variant, Field(description="The variant the pods load.")]
+    training: Annotated[
+        str | None,
+        Field(default=None, max_length=MAX_NAME_LENGTH, description="The DeepSeekTraining it came from, if any."),
+    ]
+    training_uid: Annotated[str | None, Field(default=None, max_length=64, description="That DeepSeekTraining's uid.")]
+
+
 class DeepSeekInferenceStatus(StatusModel):
     """Observed state, written by the operator only."""
 
@@ -293,6 +312,16 @@ class DeepSeekInferenceStatus(StatusModel):
         str | None, Field(default=None, max_length=128, description="Artifact version the ready pods serve.")
     ]
     served_variant: Annotated[Variant | None, Field(default=None, description="The variant being served.")]
+    resolved_model: Annotated[
+        ResolvedModel | None,
+        Field(
+            default=None,
+            description=(
+                "The artifact the current spec resolved to (rolled out, or rolling out). Remembered, so that "
+                "deleting the referenced DeepSeekTraining keeps the service running."
+            ),
+        ),
+    ]
     last_update_time: Annotated[Time | None, Field(default=None, description="When the status last changed.")]
 
 

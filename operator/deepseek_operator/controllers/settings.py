@@ -5,8 +5,24 @@ from __future__ import annotations
 from typing import Any
 
 import kopf
+from lightkube import KubeConfig
 
 from deepseek_operator import naming
+
+# Child kinds the controllers watch, as (group, or "v1" for the core group; plural). The API server sends only
+# objects labelled as ours (a server-side label selector), so watching Pods or ConfigMaps costs nothing for
+# the rest of the cluster. A controller that watches another kind adds it here.
+CHILD_SELECTOR = f"{naming.LABEL_MANAGED_BY}={naming.MANAGED_BY}"
+WATCHED_CHILDREN: list[tuple[str, str]] = [
+    ("v1", "pods"),
+    ("v1", "configmaps"),
+    ("v1", "services"),
+    ("v1", "serviceaccounts"),
+    ("apps", "deployments"),
+    ("batch", "jobs"),
+    ("rbac.authorization.k8s.io", "roles"),
+    ("rbac.authorization.k8s.io", "rolebindings"),
+]
 
 
 def configure(settings: kopf.OperatorSettings) -> None:
@@ -24,8 +40,46 @@ def configure(settings: kopf.OperatorSettings) -> None:
     settings.watching.client_timeout = 310
     settings.networking.error_backoffs = [1, 2, 5, 10]
     settings.execution.max_workers = 8
+    for group, plural in WATCHED_CHILDREN:
+        settings.watching.label_selectors[group, plural] = CHILD_SELECTOR
 
 
 @kopf.on.startup()
 async def _startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     configure(settings)
+
+
+def connection_from_kubeconfig(path: str) -> kopf.ConnectionInfo:
+    """kopf credentials from one kubeconfig file's current context (certificates, token or basic auth)."""
+    conf = KubeConfig.from_file(path).get()
+    if conf is None:
+        raise kopf.LoginError(f"{path}: no current context")
+    cluster, user = conf.cluster, conf.user
+
+    def absolute(fname: str | None) -> str | None:
+        return str(conf.abs_file(fname)) if fname else None
+
+    return kopf.ConnectionInfo(
+        server=cluster.server,
+        ca_path=absolute(cluster.certificate_auth),
+        ca_data=cluster.certificate_auth_data,
+        insecure=cluster.insecure or None,
+        certificate_path=absolute(user.client_cert) if user else None,
+        certificate_data=user.client_cert_data if user else None,
+        private_key_path=absolute(user.client_key) if user else None,
+        private_key_data=user.client_key_data if user else None,
+        username=user.username if user else None,
+        password=user.password if user else None,
+        token=user.token if user else None,
+        default_namespace=conf.context.namespace,
+    )
+
+
+@kopf.on.login()
+def _login(memo: kopf.Memo, **kwargs: Any) -> kopf.ConnectionInfo | None:
+    # An explicit kubeconfig (run_operator(kubeconfig=...)) wins; otherwise kopf's own in-cluster / KUBECONFIG
+    # logins (registering any login handler switches kopf's defaults off, so they are called here).
+    path = getattr(memo, "kubeconfig", None)
+    if path:
+        return connection_from_kubeconfig(path)
+    return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
