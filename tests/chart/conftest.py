@@ -10,7 +10,6 @@ from deepseek_testbed import ControlPlane, wait_until
 from deepseek_testbed.binaries import ensure_binaries
 
 from tests.chart.helm import ALL_ON_VALUES, Helm
-from tests.fixtures.chart_rbac import chart_rbac  # noqa: F401  (fixture shared with the controller tests)
 
 
 @pytest.fixture(scope="session")
