@@ -1,8 +1,12 @@
-"""Model server (issue 8). Placeholder until it lands: refuses to run."""
+"""The model server (`deepseek-worker serve`): dynamic batching, KServe v2 / plain JSON / OpenAI protocols,
+Prometheus metrics and graceful drain. Heavy imports happen only when the server runs."""
 
-from deepseek_workers.errors import WorkerError
+from __future__ import annotations
+
 from deepseek_workers.runconfig import ServeRunConfig
 
 
 def run_server(cfg: ServeRunConfig) -> None:
-    raise WorkerError("the model server is not built yet")
+    from deepseek_workers.serving.server import run_server as _run
+
+    _run(cfg)

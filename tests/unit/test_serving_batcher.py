@@ -1,0 +1,212 @@
+"""The dynamic batcher on its own: a plain function stands in for the model (the batcher is generic over it)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from deepseek_workers.serving.batcher import (
+    CostModel,
+    DeadlineExceededError,
+    DynamicBatcher,
+    InferenceError,
+    NotAcceptingError,
+    QueueFullError,
+    plan_by_length,
+)
+
+
+class Recorder:
+    """A 'model' that doubles numbers, records every batch it saw, and can be held at a gate."""
+
+    def __init__(self, fail_on: int | None = None) -> None:
+        self.batches: list[list[int]] = []
+        self.gate = threading.Event()
+        self.gate.set()
+        self.fail_on = fail_on
+
+    def __call__(self, items: list[int]) -> list[int]:
+        self.gate.wait(10)
+        self.batches.append(list(items))
+        if self.fail_on is not None and self.fail_on in items:
+            raise ValueError(f"bad item {self.fail_on}")
+        return [2 * x for x in items]
+
+
+def make(model: Recorder, **kw: float) -> DynamicBatcher[int, int]:
+    opts: dict[str, float] = {"max_batch_size": 4, "max_queue_delay_s": 0.0, "max_queue_size": 100} | kw
+    b: DynamicBatcher[int, int] = DynamicBatcher(
+        model,
+        max_batch_size=int(opts["max_batch_size"]),
+        max_queue_delay_s=opts["max_queue_delay_s"],
+        max_queue_size=int(opts["max_queue_size"]),
+    )
+    b.start()
+    return b
+
+
+async def test_each_caller_gets_its_own_result_in_batches_no_larger_than_the_maximum() -> None:
+    model = Recorder()
+    model.gate.clear()  # hold the model so that requests pile up behind the first batch
+    b = make(model, max_batch_size=4)
+    tasks = [asyncio.ensure_future(b.submit(i, 10)) for i in range(10)]
+    await asyncio.sleep(0.05)
+    model.gate.set()
+    assert await asyncio.gather(*tasks) == [2 * i for i in range(10)]
+    assert max(len(x) for x in model.batches) == 4
+    assert sorted(x for batch in model.batches for x in batch) == list(range(10))
+    assert len(model.batches) <= 4  # 1 (taken before the pile-up) + 3 batches of <= 4
+    await b.stop()
+
+
+async def test_waits_up_to_the_delay_for_a_fuller_batch() -> None:
+    model = Recorder()
+    b = make(model, max_batch_size=8, max_queue_delay_s=0.2)
+    first = asyncio.ensure_future(b.submit(1, 10))
+    await asyncio.sleep(0.05)  # well inside the delay: the second request joins the first one's batch
+    second = asyncio.ensure_future(b.submit(2, 10))
+    assert await asyncio.gather(first, second) == [2, 4]
+    assert model.batches == [[1, 2]]
+    await b.stop()
+
+
+async def test_a_full_batch_goes_without_waiting_for_the_delay() -> None:
+    model = Recorder()
+    b = make(model, max_batch_size=3, max_queue_delay_s=30.0)
+    results = await asyncio.wait_for(asyncio.gather(*(b.submit(i, 60) for i in range(3))), 10)
+    assert results == [0, 2, 4]
+    assert model.batches == [[0, 1, 2]]
+    await b.stop()
+
+
+async def test_a_lone_sequential_caller_stops_paying_the_delay() -> None:
+    model = Recorder()
+    b = make(model, max_batch_size=8, max_queue_delay_s=0.5)
+    t0 = time.monotonic()
+    for i in range(12):
+        assert await b.submit(i, 10) == 2 * i
+    # Waiting never paid off (nobody else came), so the policy stops waiting after a few requests: 12 full
+    # delays would take 6 s. Not a timing assert on speed: it checks that most requests skipped the wait.
+    assert time.monotonic() - t0 < 12 * 0.5 / 2
+    assert all(len(x) == 1 for x in model.batches)
+    await b.stop()
+
+
+async def test_full_queue_is_refused_at_once_with_a_retry_hint() -> None:
+    model = Recorder()
+    model.gate.clear()
+    b = make(model, max_batch_size=1, max_queue_size=3)
+    running = asyncio.ensure_future(b.submit(0, 10))
+    await asyncio.sleep(0.05)  # item 0 is on the model thread now
+    queued = [asyncio.ensure_future(b.submit(i, 10)) for i in (1, 2, 3)]
+    await asyncio.sleep(0)
+    with pytest.raises(QueueFullError) as info:
+        await b.submit(4, 10)
+    assert info.value.retry_after_s >= 1
+    with pytest.raises(QueueFullError):
+        b.enqueue([5, 6], 10)  # all or nothing
+    model.gate.set()
+    assert await asyncio.gather(running, *queued) == [0, 2, 4, 6]
+    await b.stop()
+
+
+async def test_deadline_passes_while_queued_and_the_work_is_skipped() -> None:
+    model = Recorder()
+    model.gate.clear()
+    b = make(model, max_batch_size=1)
+    slow = asyncio.ensure_future(b.submit(0, 10))
+    await asyncio.sleep(0.05)
+    with pytest.raises(DeadlineExceededError):
+        await b.submit(1, 0.05)
+    model.gate.set()
+    assert await slow == 0
+    await asyncio.sleep(0.05)
+    assert [1] not in model.batches
+    await b.stop()
+
+
+async def test_cancelled_callers_are_dropped_before_they_take_a_batch_slot() -> None:
+    model = Recorder()
+    model.gate.clear()
+    b = make(model, max_batch_size=4)
+    first = asyncio.ensure_future(b.submit(0, 10))
+    await asyncio.sleep(0.05)
+    gone = [asyncio.ensure_future(b.submit(i, 10)) for i in (1, 2)]
+    kept = asyncio.ensure_future(b.submit(3, 10))
+    await asyncio.sleep(0)
+    for t in gone:
+        t.cancel()
+    model.gate.set()
+    assert await first == 0
+    assert await kept == 6
+    assert [x for batch in model.batches for x in batch] == [0, 3]
+    await b.stop()
+
+
+async def test_a_failing_request_fails_alone() -> None:
+    model = Recorder(fail_on=2)
+    model.gate.clear()
+    b = make(model, max_batch_size=4)
+    tasks = [asyncio.ensure_future(b.submit(i, 10)) for i in range(4)]
+    await asyncio.sleep(0.05)
+    model.gate.set()
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    assert results[:2] == [0, 2]
+    assert isinstance(results[2], InferenceError)
+    assert "bad item 2" in str(results[2])
+    assert results[3] == 6
+    await b.stop()
+
+
+async def test_close_refuses_new_work_and_wait_idle_sees_queued_work_finish() -> None:
+    model = Recorder()
+    model.gate.clear()
+    b = make(model, max_batch_size=2)
+    tasks = [asyncio.ensure_future(b.submit(i, 10)) for i in range(5)]
+    await asyncio.sleep(0.05)
+    b.close()
+    with pytest.raises(NotAcceptingError):
+        await b.submit(9, 10)
+    assert not await b.wait_idle(0.05)
+    model.gate.set()
+    assert await b.wait_idle(10)
+    assert await asyncio.gather(*tasks) == [0, 2, 4, 6, 8]
+    await b.stop()
+
+
+def test_length_plan_separates_short_from_long_when_padding_costs_more_than_a_call() -> None:
+    cost = CostModel(fixed_s=5e-3, per_token_s=1e-4)
+    lengths = [10, 500, 12, 11, 480, 9]
+    plan = plan_by_length(lengths, cost)
+    groups = [sorted(lengths[i] for i in g) for g in plan.groups]
+    assert groups == [[9, 10, 11, 12], [480, 500]]
+    assert sorted(i for g in plan.groups for i in g) == list(range(6))
+    assert plan.padding_ratio < 0.05
+    # When a call is expensive (a GPU launch-bound regime), one padded batch is cheaper.
+    one = plan_by_length(lengths, CostModel(fixed_s=1.0, per_token_s=1e-6))
+    assert len(one.groups) == 1
+    assert one.padding_ratio > 0.5
+
+
+def test_cost_model_fit_recovers_known_coefficients() -> None:
+    truth = CostModel(fixed_s=2e-3, per_token_s=5e-5, per_token_sq_s=1e-8)
+    samples = [(n, length, truth.cost(n, length)) for n in (1, 4, 8) for length in (16, 64, 128)]
+    fit = CostModel.fit(samples)
+    assert fit.fixed_s == pytest.approx(truth.fixed_s, rel=1e-3)
+    assert fit.per_token_s == pytest.approx(truth.per_token_s, rel=1e-3)
+    assert fit.per_token_sq_s == pytest.approx(truth.per_token_sq_s, rel=1e-3)
+    # Noise that would make a coefficient negative is clipped to zero, never negative.
+    assert min(CostModel.fit([(1, 8, 0.01), (8, 8, 0.005), (1, 64, 0.004)]).__dict__.values()) >= 0
+
+
+def test_cpu_quota_reads_cgroup_v2(tmp_path: Path) -> None:
+    from deepseek_workers.serving.backends import cpu_quota
+
+    (tmp_path / "cpu.max").write_text("250000 100000\n")
+    assert cpu_quota(tmp_path) == 2.5
+    (tmp_path / "cpu.max").write_text("max 100000\n")
+    assert cpu_quota(tmp_path) is None
+    assert cpu_quota(tmp_path / "missing") is None

@@ -1,0 +1,470 @@
+"""Dynamic request batching on asyncio (pure Python; no torch, so the unit tests need no model).
+
+Semantics (close to Triton's dynamic batcher, with adaptive waiting):
+
+* A request is queued with a deadline. The queue is bounded: when it holds ``max_queue_size`` requests a new
+  one is refused at once with :class:`QueueFullError` (the server answers 429 with Retry-After).
+* One loop forms batches. When an execution slot is free and the queue is not empty it dispatches as soon as
+  the batch reaches ``max_batch_size`` or the oldest request has waited ``max_queue_delay``. The delay is an
+  upper bound, not a tax: the loop only waits while waiting has recently paid off (somebody arrived during
+  the wait, or arrived during an immediately dispatched batch's run). A lone closed-loop client therefore
+  pays no delay, and Triton-like waits come back as soon as independent traffic shows up.
+* A formed batch is split by a planner (for text: sorted by length and grouped so that padding costs less
+  than an extra model call, using a cost model measured at warm-up); groups run one after another on the
+  model thread, shortest first, and each caller gets its own result as soon as its group is done.
+* Requests whose caller went away (disconnect, deadline) are dropped before they take a batch slot; if they
+  are already running their result is discarded. A group that raises is retried one request at a time so
+  that only the culprit fails.
+* :meth:`DynamicBatcher.close` refuses new work; :meth:`DynamicBatcher.wait_idle` waits for everything
+  accepted to finish (graceful drain).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import Executor, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Generic, Protocol, TypeVar
+
+log = logging.getLogger(__name__)
+
+In = TypeVar("In")
+Out = TypeVar("Out")
+
+
+class BatcherError(Exception):
+    """Base of the errors a caller of :meth:`DynamicBatcher.submit` may get."""
+
+
+class QueueFullError(BatcherError):
+    def __init__(self, max_queue_size: int, retry_after_s: float) -> None:
+        super().__init__(f"the request queue is full ({max_queue_size} waiting); retry after {retry_after_s:.0f} s")
+        self.retry_after_s = retry_after_s
+
+
+class DeadlineExceededError(BatcherError):
+    def __init__(self, timeout_s: float) -> None:
+        super().__init__(f"the request did not finish within its deadline of {timeout_s:g} s")
+
+
+class NotAcceptingError(BatcherError):
+    def __init__(self) -> None:
+        super().__init__("the server is draining and accepts no new requests")
+
+
+class InferenceError(BatcherError):
+    """The model raised while running this request (a server-side failure)."""
+
+
+class BatcherObserver(Protocol):
+    """Receives measurements (the server wires these to Prometheus)."""
+
+    def queue_wait(self, seconds: float) -> None: ...
+
+    def batch(self, size: int, compute_seconds: float, padding_ratio: float) -> None: ...
+
+    def dropped(self, reason: str) -> None: ...
+
+
+class _NullObserver:
+    def queue_wait(self, seconds: float) -> None:
+        pass
+
+    def batch(self, size: int, compute_seconds: float, padding_ratio: float) -> None:
+        pass
+
+    def dropped(self, reason: str) -> None:
+        pass
+
+
+@dataclass(eq=False)
+class Ticket(Generic[In, Out]):
+    """A queued request: its input, the future its result arrives on, and its timing."""
+
+    item: In
+    future: asyncio.Future[Out]
+    enqueued: float
+    deadline: float
+
+    def dead(self, now: float) -> bool:
+        """True when the caller is gone or its deadline passed (then the caller is told so)."""
+        if self.future.done():  # the caller gave up (cancelled) or timed out
+            return True
+        if now >= self.deadline:
+            self.future.set_exception(DeadlineExceededError(self.deadline - self.enqueued))
+            return True
+        return False
+
+
+@dataclass(frozen=True)
+class BatchPlan:
+    """How a formed batch runs: groups of indices (run in this order) and the share of padded positions."""
+
+    groups: list[list[int]]
+    padding_ratio: float = 0.0
+
+
+def single_group(items: Sequence[object]) -> BatchPlan:
+    return BatchPlan([list(range(len(items)))])
+
+
+@dataclass(frozen=True)
+class CostModel:
+    """Seconds for one model call on ``n`` sequences padded to ``length``: a + b·n·L + c·n·L²."""
+
+    fixed_s: float = 2e-3
+    per_token_s: float = 1e-4
+    per_token_sq_s: float = 0.0
+
+    def cost(self, n: int, length: int) -> float:
+        return self.fixed_s + n * length * (self.per_token_s + self.per_token_sq_s * length)
+
+    @classmethod
+    def fit(cls, samples: Sequence[tuple[int, int, float]]) -> CostModel:
+        """Least-squares fit (coefficients kept non-negative) from (n, length, seconds) measurements."""
+        import numpy as np
+
+        x = np.array([[1.0, n * length, n * length * length] for n, length, _ in samples])
+        y = np.array([s for _, _, s in samples])
+        active = [0, 1, 2]
+        coef = np.zeros(3)
+        # Tiny active-set NNLS: drop a negative coefficient and refit (3 unknowns: at most 3 rounds).
+        for _ in range(3):
+            sol, *_ = np.linalg.lstsq(x[:, active], y, rcond=None)
+            if (sol >= 0).all():
+                coef[:] = 0.0
+                coef[active] = sol
+                break
+            active = [a for a, s in zip(active, sol, strict=True) if s >= 0] or [0]
+        return cls(float(coef[0]), float(coef[1]), float(coef[2]))
+
+
+def plan_by_length(lengths: Sequence[int], cost: CostModel) -> BatchPlan:
+    """Sort by length and split into contiguous groups minimising the modelled total time.
+
+    Padding a short sequence to a long one costs model time; an extra model call costs the fixed overhead.
+    Dynamic programming over the sorted lengths finds the cheapest split (O(n²), n ≤ max batch size).
+    """
+    n = len(lengths)
+    if n == 0:
+        return BatchPlan([])
+    order = sorted(range(n), key=lambda i: lengths[i])
+    sorted_len = [lengths[i] for i in order]
+    best = [0.0] + [math.inf] * n
+    cut = [0] * (n + 1)
+    for end in range(1, n + 1):
+        longest = sorted_len[end - 1]
+        for start in range(end):
+            c = best[start] + cost.cost(end - start, longest)
+            if c < best[end]:
+                best[end], cut[end] = c, start
+    groups: list[list[int]] = []
+    end = n
+    while end > 0:
+        start = cut[end]
+        groups.append(order[start:end])
+        end = start
+    groups.reverse()
+    real = sum(sorted_len)
+    padded = sum(len(g) * max(lengths[i] for i in g) for g in groups)
+    return BatchPlan(groups, 1.0 - real / padded if padded else 0.0)
+
+
+@dataclass
+class _WaitPolicy:
+    """Whether waiting for more requests has recently paid off (an exponentially weighted vote)."""
+
+    alpha: float = 0.25
+    score: float = 1.0  # start Triton-like: wait up to the delay
+
+    def should_wait(self) -> bool:
+        return self.score >= 0.5
+
+    def record(self, productive: bool) -> None:
+        self.score += self.alpha * ((1.0 if productive else 0.0) - self.score)
+
+
+@dataclass
+class BatcherStats:
+    """Running figures used for Retry-After estimates and tests."""
+
+    batches: int = 0
+    items: int = 0
+    max_batch_seen: int = 0
+    per_item_s: float = 0.0  # exponentially weighted compute seconds per request
+    sizes: list[int] = field(default_factory=list)
+
+
+class DynamicBatcher(Generic[In, Out]):
+    """Queue + batch loop around a synchronous ``run_batch(items) -> results`` run on a model thread."""
+
+    def __init__(
+        self,
+        run_batch: Callable[[list[In]], list[Out]],
+        *,
+        max_batch_size: int,
+        max_queue_delay_s: float,
+        max_queue_size: int,
+        planner: Callable[[list[In]], BatchPlan] = single_group,
+        max_concurrent_batches: int = 1,
+        executor: Executor | None = None,
+        observer: BatcherObserver | None = None,
+        name: str = "model",
+    ) -> None:
+        if max_batch_size < 1 or max_queue_size < 1 or max_concurrent_batches < 1 or max_queue_delay_s < 0:
+            raise ValueError("batch size, queue size and concurrency must be >= 1 and the delay >= 0")
+        self._run_batch = run_batch
+        self.max_batch_size = max_batch_size
+        self.max_queue_delay_s = max_queue_delay_s
+        self.max_queue_size = max_queue_size
+        self._planner = planner
+        self._own_executor = executor is None
+        self._executor: Executor = executor or ThreadPoolExecutor(
+            max_workers=max_concurrent_batches, thread_name_prefix=f"{name}-batch"
+        )
+        self._slots = asyncio.Semaphore(max_concurrent_batches)
+        self._observer: BatcherObserver = observer or _NullObserver()
+        self._queue: deque[Ticket[In, Out]] = deque()
+        self._arrived = asyncio.Event()
+        self._running = 0  # requests taken from the queue whose group has not finished yet
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._closed = False
+        self._policy = _WaitPolicy()
+        self._arrivals = 0  # total arrivals, to tell whether anyone came during a window
+        self._loop_task: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.stats = BatcherStats()
+
+    # -- public API -----------------------------------------------------------------------------------------
+
+    @property
+    def queue_depth(self) -> int:
+        return len(self._queue)
+
+    @property
+    def running(self) -> int:
+        return self._running
+
+    @property
+    def accepting(self) -> bool:
+        return not self._closed
+
+    def start(self) -> None:
+        if self._loop_task is None:
+            self._loop_task = asyncio.get_running_loop().create_task(self._batch_loop(), name="batch-loop")
+
+    def retry_after_s(self) -> float:
+        """A whole-second estimate of when the queue will have room (at least 1 s)."""
+        per_item = self.stats.per_item_s or 0.05
+        return float(max(1, math.ceil(per_item * (len(self._queue) + self._running))))
+
+    def enqueue(self, items: Sequence[In], timeout_s: float) -> list[Ticket[In, Out]]:
+        """Queue all of ``items`` or none (raises QueueFullError / NotAcceptingError at once)."""
+        if self._closed:
+            raise NotAcceptingError()
+        if len(self._queue) + len(items) > self.max_queue_size:
+            self._observer.dropped("queue_full")
+            raise QueueFullError(self.max_queue_size, self.retry_after_s())
+        loop = asyncio.get_running_loop()
+        now = time.monotonic()
+        tickets: list[Ticket[In, Out]] = [Ticket(x, loop.create_future(), now, now + timeout_s) for x in items]
+        self._queue.extend(tickets)
+        self._idle.clear()
+        self._arrivals += len(tickets)
+        self._arrived.set()
+        return tickets
+
+    async def wait(self, ticket: Ticket[In, Out], timeout_s: float | None) -> Out:
+        """The result of a queued request; DeadlineExceededError after ``timeout_s``; cancelling drops it."""
+        try:
+            return await asyncio.wait_for(asyncio.shield(ticket.future), timeout_s)
+        except TimeoutError:
+            ticket.future.cancel()
+            self._observer.dropped("deadline")
+            raise DeadlineExceededError(ticket.deadline - ticket.enqueued) from None
+        except DeadlineExceededError:
+            self._observer.dropped("deadline")
+            raise
+        except asyncio.CancelledError:
+            # The caller went away: mark the work as dead so the loop skips it.
+            if ticket.future.cancel():
+                self._observer.dropped("cancelled")
+            raise
+
+    async def submit(self, item: In, timeout_s: float) -> Out:
+        """Queue ``item`` and wait for its result; raises a :class:`BatcherError` subclass on refusal."""
+        (ticket,) = self.enqueue([item], timeout_s)
+        return await self.wait(ticket, timeout_s)
+
+    def close(self) -> None:
+        """Refuse new requests; queued and running ones still complete."""
+        self._closed = True
+        self._arrived.set()
+
+    async def wait_idle(self, timeout_s: float | None = None) -> bool:
+        """Wait until nothing is queued or running; False if the timeout passed first."""
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout_s)
+        except TimeoutError:
+            return False
+        return True
+
+    async def stop(self) -> None:
+        self.close()
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._loop_task
+        for t in list(self._tasks):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        for p in self._queue:
+            if not p.future.done():
+                p.future.set_exception(NotAcceptingError())
+        self._queue.clear()
+        if self._own_executor:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+
+    # -- the loop -------------------------------------------------------------------------------------------
+
+    def _drop_dead(self) -> None:
+        now = time.monotonic()
+        kept = deque(p for p in self._queue if not p.dead(now))
+        if len(kept) != len(self._queue):
+            self._queue = kept
+            self._update_idle()
+
+    def _update_idle(self) -> None:
+        if not self._queue and self._running == 0:
+            self._idle.set()
+
+    async def _wait_arrival(self, timeout_s: float | None) -> bool:
+        self._arrived.clear()
+        try:
+            await asyncio.wait_for(self._arrived.wait(), timeout_s)
+        except TimeoutError:
+            return False
+        return True
+
+    async def _batch_loop(self) -> None:
+        while True:
+            await self._slots.acquire()
+            try:
+                batch, waited = await self._collect()
+            except BaseException:
+                self._slots.release()
+                raise
+            task = asyncio.get_running_loop().create_task(self._execute(batch, waited))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _collect(self) -> tuple[list[Ticket[In, Out]], bool]:
+        while True:
+            self._drop_dead()
+            if self._queue:
+                break
+            await self._wait_arrival(None)
+        oldest = self._queue[0].enqueued
+        waited = productive = False
+        while len(self._queue) < self.max_batch_size and self.max_queue_delay_s > 0 and not self._closed:
+            remaining = oldest + self.max_queue_delay_s - time.monotonic()
+            if remaining <= 0 or not (waited or self._policy.should_wait()):
+                break
+            waited = True
+            before = self._arrivals
+            await self._wait_arrival(remaining)
+            productive = productive or self._arrivals > before
+            self._drop_dead()
+            if not self._queue:
+                return await self._collect()
+        if waited:
+            self._policy.record(productive)
+        batch = [self._queue.popleft() for _ in range(min(self.max_batch_size, len(self._queue)))]
+        self._running += len(batch)
+        return batch, waited
+
+    async def _execute(self, batch: list[Ticket[In, Out]], waited: bool) -> None:
+        loop = asyncio.get_running_loop()
+        arrivals_at_start = self._arrivals
+        released = 0  # requests of this batch no longer counted in self._running
+        try:
+            now = time.monotonic()
+            live: list[Ticket[In, Out]] = []
+            for p in batch:
+                if not p.dead(now):
+                    live.append(p)
+                    self._observer.queue_wait(now - p.enqueued)
+            if not live:
+                return
+            plan = self._planner([p.item for p in live])
+            for group in plan.groups:
+                # Skip callers that left while earlier groups ran.
+                alive = [live[i] for i in group if not live[i].future.done()]
+                if not alive:
+                    continue
+                t0 = time.monotonic()
+                results: list[Out] | list[Out | BaseException]
+                try:
+                    results = await loop.run_in_executor(self._executor, self._run_batch, [p.item for p in alive])
+                    if len(results) != len(alive):
+                        raise InferenceError(f"the model returned {len(results)} results for {len(alive)} inputs")
+                except Exception as err:
+                    results = await self._run_one_by_one(alive, err)
+                self._record(len(alive), time.monotonic() - t0, plan.padding_ratio)
+                for p, r in zip(alive, results, strict=True):
+                    if p.future.done():
+                        continue
+                    if isinstance(r, BaseException):
+                        p.future.set_exception(r)
+                    else:
+                        p.future.set_result(r)
+                # Release the running count as groups finish so drain and Retry-After see progress.
+                finished = sum(1 for p in batch if p.future.done())
+                self._running -= finished - released
+                released = finished
+                self._update_idle()
+        finally:
+            # Anything left unresolved (a bug or cancellation) must not leave a caller hanging.
+            for p in batch:
+                if not p.future.done():
+                    p.future.set_exception(InferenceError("the batch was aborted"))
+            self._running -= len(batch) - released
+            self._update_idle()
+            self._slots.release()
+            if not waited and self.max_queue_delay_s > 0 and not self._closed:
+                # Counterfactual evidence for the wait policy: this batch went without waiting; had anyone
+                # arrived while it ran, waiting would have batched them.
+                self._policy.record(self._arrivals > arrivals_at_start)
+
+    async def _run_one_by_one(self, alive: list[Ticket[In, Out]], err: Exception) -> list[Out | BaseException]:
+        loop = asyncio.get_running_loop()
+        if len(alive) == 1:
+            log.exception("inference failed", exc_info=err)
+            return [InferenceError(f"inference failed: {type(err).__name__}: {err}")]
+        log.warning("a batch of %d failed (%s); retrying one request at a time", len(alive), err)
+        out: list[Out | BaseException] = []
+        for p in alive:
+            try:
+                out.append((await loop.run_in_executor(self._executor, self._run_batch, [p.item]))[0])
+            except Exception as one_err:
+                log.exception("inference failed", exc_info=one_err)
+                out.append(InferenceError(f"inference failed: {type(one_err).__name__}: {one_err}"))
+        return out
+
+    def _record(self, size: int, elapsed: float, padding_ratio: float) -> None:
+        s = self.stats
+        s.batches += 1
+        s.items += size
+        s.max_batch_seen = max(s.max_batch_seen, size)
+        if len(s.sizes) < 10000:
+            s.sizes.append(size)
+        per_item = elapsed / size
+        s.per_item_s = per_item if s.per_item_s == 0 else 0.8 * s.per_item_s + 0.2 * per_item
+        self._observer.batch(size, elapsed, padding_ratio)

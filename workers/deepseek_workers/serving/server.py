@@ -1,0 +1,111 @@
+"""`deepseek-worker serve`: uvicorn around the app, with Kubernetes-friendly start and stop.
+
+Start: the HTTP port opens at once (liveness answers while the model loads); readiness turns 200 only after
+the model is loaded, verified and warmed up. A model that cannot be loaded ends the process with exit code 66.
+
+Stop: the first SIGTERM (or SIGINT) turns readiness to 503 and refuses new inference with 503, then waits up to
+``drainSeconds`` for every accepted request (queued, running, streaming) to finish, then exits 0. A second
+signal exits at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import socket
+import time
+from types import FrameType
+
+import uvicorn
+
+from deepseek_workers.errors import BadArtifactError, WorkerError
+from deepseek_workers.runconfig import ServeRunConfig
+from deepseek_workers.serving.app import ModelServer, ServerSettings, create_app
+from deepseek_workers.serving.backends import LoadedModel, describe, load_backend
+
+log = logging.getLogger(__name__)
+
+
+class DrainingServer(uvicorn.Server):
+    """uvicorn.Server whose first exit signal drains the model server before uvicorn's own shutdown."""
+
+    def __init__(self, config: uvicorn.Config, model_server: ModelServer) -> None:
+        super().__init__(config)
+        self.model_server = model_server
+        self._drain_task: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def serve(self, sockets: list[socket.socket] | None = None) -> None:
+        self._loop = asyncio.get_running_loop()
+        await super().serve(sockets)
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        # Not recorded in _captured_signals: uvicorn would re-raise it after shutdown and we exit 0 instead.
+        if self._drain_task is not None or self._loop is None:
+            log.warning("second signal %s: exiting without waiting", signal.Signals(sig).name)
+            self.should_exit = self.force_exit = True
+            return
+        log.info(
+            "signal %s: draining for up to %.0f s", signal.Signals(sig).name, self.model_server.settings.drain_seconds
+        )
+        self._loop.call_soon_threadsafe(self._start_drain)
+
+    def _start_drain(self) -> None:
+        if self._drain_task is None:
+            self._drain_task = asyncio.get_running_loop().create_task(self._drain())
+
+    async def _drain(self) -> None:
+        await self.model_server.drain(self.model_server.settings.drain_seconds)
+        self.should_exit = True
+
+
+def build_server(cfg: ServeRunConfig) -> ModelServer:
+    """Check the model reference (fast) and prepare a server that loads and verifies it in the background."""
+    source = describe(cfg.artifact_uri, cfg.variant)
+    settings = ServerSettings(
+        model_name=cfg.model_name,
+        version=source.version,
+        variant=cfg.variant,
+        task=source.task,
+        batching=cfg.batching,
+        drain_seconds=cfg.drain_seconds,
+    )
+
+    def load() -> LoadedModel:
+        t0 = time.perf_counter()
+        backend = load_backend(cfg.artifact_uri, cfg.variant)
+        return LoadedModel(backend, cfg.model_name, source.version, cfg.variant, time.perf_counter() - t0)
+
+    return ModelServer(settings, load)
+
+
+def run_server(cfg: ServeRunConfig) -> None:
+    model_server = build_server(cfg)
+    app = create_app(model_server)
+    config = uvicorn.Config(
+        app,
+        host=cfg.host,
+        port=cfg.port,
+        loop="uvloop",
+        http="httptools",
+        lifespan="on",
+        access_log=False,
+        log_config=None,
+        timeout_graceful_shutdown=5,
+        timeout_keep_alive=30,
+    )
+    server = DrainingServer(config, model_server)
+    failure: list[BaseException] = []
+
+    def on_failure(err: BaseException) -> None:
+        failure.append(err)
+        server.should_exit = True
+
+    model_server.on_failure = on_failure
+    server.run()
+    if failure:
+        err = failure[0]
+        if isinstance(err, WorkerError):
+            raise err
+        raise BadArtifactError(f"cannot load the model: {type(err).__name__}: {err}")
