@@ -1,8 +1,16 @@
-"""Training engine (issue 6). Placeholder until the engine lands: refuses to run rather than pretend."""
+"""Training engine (issue 6): `run_training(cfg)` is what `deepseek-worker train` calls.
 
-from deepseek_workers.errors import WorkerError
+This package's `__init__` and `launch` stay torch-free (the operator imports `launch`); the engine itself is
+imported on first use.
+"""
+
+from __future__ import annotations
+
 from deepseek_workers.runconfig import TrainRunConfig
 
 
 def run_training(cfg: TrainRunConfig) -> None:
-    raise WorkerError("the training engine is not built yet")
+    """Train, evaluate and publish the model a run config describes (raises WorkerError for expected failures)."""
+    from deepseek_workers.training.engine import train
+
+    train(cfg)
