@@ -25,7 +25,8 @@ from tests.chart.metrics_catalog import GRAFANA_INTERVALS, GRAFANA_VARIABLE, das
 from tests.chart.prom import api, evaluated_rules, free_port, instant, prometheus
 from tests.fixtures.ml import FineTunedClassifier
 
-pytestmark = pytest.mark.timeout(300)
+# Generous: on a cold cache the first test using finetuned_minilm_r8 trains the shared model (minutes).
+pytestmark = pytest.mark.timeout(1200)
 
 
 def test_inference_dashboard_and_rules_on_a_real_server(
