@@ -118,7 +118,7 @@ class TrainingMetrics:
 
     def watch_gpu(self, device_index: int) -> None:
         try:
-            import pynvml  # type: ignore[import-not-found,unused-ignore]
+            import pynvml  # from nvidia-ml-py (untyped; absent on some workers)
         except ImportError:
             return
         try:
