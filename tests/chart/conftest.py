@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -50,10 +51,31 @@ def install_monitoring_crds(cp: ControlPlane) -> None:
     )
 
 
-@pytest.fixture(scope="session")
-def monitoring_crds(kube_api: ControlPlane) -> ControlPlane:
+MONITORING_CRD_NAMES = (
+    "servicemonitors.monitoring.coreos.com",
+    "podmonitors.monitoring.coreos.com",
+    "prometheusrules.monitoring.coreos.com",
+)
+
+
+@pytest.fixture(scope="module")
+def monitoring_crds(kube_api: ControlPlane) -> Iterator[ControlPlane]:
+    """The monitoring CRDs on the shared control plane for this module only: later tests (the inference
+    controller's) start from a cluster without the Prometheus Operator API and install it themselves."""
+    present = set(kube_api.kubectl("get", "crd", "-o", "name").stdout.split())
+    ours = [n for n in MONITORING_CRD_NAMES if f"customresourcedefinition.apiextensions.k8s.io/{n}" not in present]
     install_monitoring_crds(kube_api)
-    return kube_api
+    yield kube_api
+    if ours:
+        kube_api.kubectl("delete", "crd", "--wait=true", "--timeout=60s", *ours)
+        wait_until(
+            lambda: (
+                not set(ours)
+                & {n.split("/", 1)[1] for n in kube_api.kubectl("get", "crd", "-o", "name").stdout.split()}
+            ),
+            timeout=60,
+            what="the monitoring CRDs to be deleted",
+        )
 
 
 @pytest.fixture(scope="session")

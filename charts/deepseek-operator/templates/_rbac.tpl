@@ -1,18 +1,22 @@
 {{/*
 The operator's permissions, one list for both modes: a ClusterRole (cluster-wide) or a Role in each watched
-namespace. Least privilege: only what the controllers do (docs/operator.md lists why each rule exists).
+namespace. Least privilege: only what the controllers do (docs/operator.md lists why each rule exists). No
+"update": kopf and the controllers write with PATCH (server-side apply, merge patches, status patches) only.
 Never Secrets: workers get credentials through env/envFrom references, which the operator copies without
 reading them.
 */}}
 {{- define "deepseek-operator.namespacedRules" -}}
-# The two custom resources: watch, add/remove the finalizer, write status; delete a finished training whose
-# runPolicy.ttlSecondsAfterFinished has passed.
+# The two custom resources: watch, add/remove the finalizer (patch), write status; delete a finished training
+# whose runPolicy.ttlSecondsAfterFinished has passed (inferences are never deleted by the operator).
 - apiGroups: ["deepseek.ai"]
-  resources: ["deepseektrainings", "deepseekinferences"]
-  verbs: ["get", "list", "watch", "patch", "update", "delete"]
+  resources: ["deepseektrainings"]
+  verbs: ["get", "list", "watch", "patch", "delete"]
+- apiGroups: ["deepseek.ai"]
+  resources: ["deepseekinferences"]
+  verbs: ["get", "list", "watch", "patch"]
 - apiGroups: ["deepseek.ai"]
   resources: ["deepseektrainings/status", "deepseekinferences/status"]
-  verbs: ["get", "patch", "update"]
+  verbs: ["get", "patch"]
 # Children carry owner references with blockOwnerDeletion (needed where OwnerReferencesPermissionEnforcement is on).
 - apiGroups: ["deepseek.ai"]
   resources: ["deepseektrainings/finalizers", "deepseekinferences/finalizers"]
@@ -21,35 +25,35 @@ reading them.
 # ConfigMaps, worker ServiceAccounts, Services, Jobs, Deployments, HPAs, PDBs, ServiceMonitors.
 - apiGroups: [""]
   resources: ["configmaps", "serviceaccounts", "services"]
-  verbs: ["get", "list", "watch", "create", "update", "patch", "delete"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
 - apiGroups: ["batch"]
   resources: ["jobs"]
-  verbs: ["get", "list", "watch", "create", "update", "patch", "delete"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
 - apiGroups: ["apps"]
   resources: ["deployments"]
-  verbs: ["get", "list", "watch", "create", "update", "patch", "delete"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
 - apiGroups: ["autoscaling"]
   resources: ["horizontalpodautoscalers"]
-  verbs: ["get", "list", "watch", "create", "update", "patch", "delete"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
 - apiGroups: ["policy"]
   resources: ["poddisruptionbudgets"]
-  verbs: ["get", "list", "watch", "create", "update", "patch", "delete"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
 - apiGroups: ["monitoring.coreos.com"]
   resources: ["servicemonitors"]
-  verbs: ["get", "list", "watch", "create", "update", "patch", "delete"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
 # The worker's least-privilege Role (get/patch of its own progress ConfigMap) and its binding. Creating
 # them needs no escalate/bind verbs: the operator itself holds every permission the Role grants.
 - apiGroups: ["rbac.authorization.k8s.io"]
   resources: ["roles", "rolebindings"]
-  verbs: ["get", "list", "watch", "create", "update", "patch", "delete"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
 # Worker pods are observed, never created directly (Jobs and Deployments do that).
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["get", "list", "watch"]
-# Events on the custom resources (kopf and the controllers).
-- apiGroups: ["", "events.k8s.io"]
+# Events on the custom resources (kopf and the controllers post core/v1 Events; never updated).
+- apiGroups: [""]
   resources: ["events"]
-  verbs: ["create", "patch"]
+  verbs: ["create"]
 {{- end }}
 
 {{/* Cluster-scoped reads kopf needs in either mode: it discovers the watched resources through their CRDs (and
