@@ -21,8 +21,8 @@ class OperatorConfig:
     liveness_port: int = 8081
     # How often each resource is re-reconciled when nothing happens (drift, TTLs, deadlines).
     resync_seconds: float = 30.0
-    # Address the liveness endpoint listens on (tests bind 127.0.0.1).
-    liveness_host: str = "0.0.0.0"
+    # Address the metrics and liveness endpoints listen on (tests bind 127.0.0.1).
+    listen_host: str = "0.0.0.0"
     # The operator's own namespace (downward API in the chart); the liveness heartbeat ConfigMap lives there
     # (or in the first watched namespace when the operator watches a list of namespaces without its own).
     namespace: str | None = None
@@ -30,6 +30,9 @@ class OperatorConfig:
     # fails once no watch event has arrived for liveness_stale_seconds (the watch streams have stalled).
     heartbeat_seconds: float = 10.0
     liveness_stale_seconds: float = 60.0
+    # Reconciles of one kind that may talk to the API server at once (like controller-runtime's
+    # MaxConcurrentReconciles): keeps a burst of thousands of resources from opening thousands of connections.
+    max_concurrent_reconciles: int = 16
 
     @property
     def heartbeat_namespace(self) -> str | None:
@@ -47,8 +50,12 @@ class OperatorConfig:
             worker_image_pull_policy=e.get("DEEPSEEK_WORKER_IMAGE_PULL_POLICY", defaults.worker_image_pull_policy),
             metrics_port=int(e.get("DEEPSEEK_METRICS_PORT", defaults.metrics_port)),
             liveness_port=int(e.get("DEEPSEEK_LIVENESS_PORT", defaults.liveness_port)),
+            listen_host=e.get("DEEPSEEK_LISTEN_HOST", defaults.listen_host),
             resync_seconds=float(e.get("DEEPSEEK_RESYNC_SECONDS", defaults.resync_seconds)),
             namespace=e.get("POD_NAMESPACE") or None,
             heartbeat_seconds=float(e.get("DEEPSEEK_HEARTBEAT_SECONDS", defaults.heartbeat_seconds)),
             liveness_stale_seconds=float(e.get("DEEPSEEK_LIVENESS_STALE_SECONDS", defaults.liveness_stale_seconds)),
+            max_concurrent_reconciles=int(
+                e.get("DEEPSEEK_MAX_CONCURRENT_RECONCILES", defaults.max_concurrent_reconciles)
+            ),
         )

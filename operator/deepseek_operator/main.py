@@ -26,6 +26,7 @@ CONTROLLER_MODULES = (
     "deepseek_operator.controllers.settings",
     "deepseek_operator.controllers.inference",
     "deepseek_operator.controllers.health",
+    "deepseek_operator.controllers.training",
 )
 
 
@@ -56,7 +57,7 @@ async def run_operator(
             standalone=True,
             clusterwide=not config.namespaces,
             namespaces=config.namespaces,
-            liveness_endpoint=f"http://{config.liveness_host}:{config.liveness_port}/healthz" if liveness else None,
+            liveness_endpoint=f"http://{config.listen_host}:{config.liveness_port}/healthz" if liveness else None,
             stop_flag=stop_flag,
             ready_flag=ready_flag,
             memo=kopf.Memo(config=config, kubeconfig=kubeconfig),
@@ -75,7 +76,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         verbose=args.verbose,
         log_format=kopf.LogFormat.JSON if args.log_format == "json" else kopf.LogFormat.PLAIN,
     )
-    start_http_server(config.metrics_port)
+    start_http_server(config.metrics_port, addr=config.listen_host)
     log.info("metrics on :%d/metrics, liveness on :%d/healthz", config.metrics_port, config.liveness_port)
     asyncio.run(run_operator(config))
     return 0

@@ -18,6 +18,7 @@ from lightkube import Client, codecs
 from lightkube.resources.rbac_authorization_v1 import ClusterRole, ClusterRoleBinding
 
 from tests.fixtures.operator import OperatorFactory
+from tests.fixtures.rbac import TRAINING_RULES
 from tests.integration.test_inference_controller import condition, create, inference, status, training
 
 pytestmark = pytest.mark.timeout(180)
@@ -77,7 +78,8 @@ def operator_account(kube_cluster: ControlPlane, namespace: str) -> Iterator[str
                 "apiVersion": "rbac.authorization.k8s.io/v1",
                 "kind": "ClusterRole",
                 "metadata": {"name": name},
-                "rules": INFERENCE_RULES,
+                # The operator process also runs the training controller: its rules too.
+                "rules": INFERENCE_RULES + TRAINING_RULES,
             }
         )
     )

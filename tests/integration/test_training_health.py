@@ -8,7 +8,11 @@ within the configured bound and turn 200 again once traffic flows.
 from __future__ import annotations
 
 import contextlib
+import json
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -19,7 +23,8 @@ from urllib.parse import urlsplit
 import yaml
 from deepseek_testbed import ControlPlane, wait_until
 
-from tests.fixtures.operator import OperatorFactory
+from tests.fixtures import training as tr
+from tests.fixtures.operator import OperatorFactory, OperatorRunner, free_port
 
 
 class FreezableProxy:
@@ -114,3 +119,67 @@ def test_liveness_fails_when_watches_stall_and_recovers(
         wait_until(lambda: _health(op.liveness_url) == 200, timeout=60, what="/healthz to recover")
     finally:
         proxy.close()
+
+
+def test_operator_bookkeeping_causes_no_gitops_drift(
+    kube_cluster: ControlPlane, namespace: str, operator: OperatorRunner, tmp_path: Path
+) -> None:
+    """What GitOps tools compare stays as the user wrote it: the operator never writes spec, keeps its few
+    annotations under deepseek.ai/, and `kubectl diff` shows nothing, for a client-side applied resource
+    (Argo CD's default) and a server-side applied one (Flux)."""
+    ns = namespace
+    for name, mode in (("client-side", ()), ("server-side", ("--server-side",))):
+        path = tmp_path / f"{name}.json"
+        path.write_text(json.dumps(tr.training_manifest(name, fate=tr.run_forever())))
+        kube_cluster.kubectl("apply", *mode, "-n", ns, "-f", str(path))
+        tr.wait_phase(kube_cluster, ns, name, "Running")
+
+        out = kube_cluster.kubectl("get", "dstrain", name, "-n", ns, "-o", "json", "--show-managed-fields").stdout
+        meta = json.loads(out)["metadata"]
+        assert meta["finalizers"] == ["deepseek.ai/finalizer"]
+        ours = [k for k in meta.get("annotations", {}) if k != "kubectl.kubernetes.io/last-applied-configuration"]
+        assert all(k.startswith("deepseek.ai/") for k in ours), ours
+        assert "deepseek.ai/last-handled-configuration" not in ours  # kopf keeps no diff-base on them
+        for entry in meta["managedFields"]:
+            if entry["manager"].startswith("kubectl"):
+                continue
+            assert "f:spec" not in entry.get("fieldsV1", {}), f"{entry['manager']} wrote spec"
+        diff = kube_cluster.kubectl("diff", *mode, "-n", ns, "-f", str(path), check=False)
+        assert diff.returncode == 0, diff.stdout + diff.stderr
+
+
+def test_operator_metrics_and_json_logs_from_the_command(
+    kube_cluster: ControlPlane, namespace: str, crds: list[str], tmp_path: Path
+) -> None:
+    """`deepseek-operator` as the chart runs it: JSON log lines, /metrics with the reconcile metrics, /healthz."""
+    ns = namespace
+    metrics_port, liveness_port = free_port(), free_port()
+    env = {
+        **kube_cluster.env(),
+        "DEEPSEEK_WATCH_NAMESPACES": ns,
+        "POD_NAMESPACE": ns,
+        "DEEPSEEK_METRICS_PORT": str(metrics_port),
+        "DEEPSEEK_LIVENESS_PORT": str(liveness_port),
+        "DEEPSEEK_LISTEN_HOST": "127.0.0.1",
+    }
+    log = tmp_path / "operator.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            [str(Path(sys.executable).parent / "deepseek-operator")], env=env, stdout=out, stderr=subprocess.STDOUT
+        )
+    try:
+        tr.apply(kube_cluster, ns, tr.training_manifest("cli", fate=tr.run_forever()))
+        tr.wait_phase(kube_cluster, ns, "cli", "Running")
+        wait_until(lambda: _health(f"http://127.0.0.1:{liveness_port}/healthz") == 200, timeout=30, what="healthz")
+        text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
+        assert 'deepseek_operator_reconcile_total{kind="DeepSeekTraining",result="success"}' in text
+        assert 'deepseek_operator_reconcile_duration_seconds_count{kind="DeepSeekTraining"}' in text
+        assert 'deepseek_operator_resources{kind="DeepSeekTraining",phase="Running"} 1.0' in text
+        assert f'deepseek_operator_training_phase{{name="cli",namespace="{ns}",phase="Running"}} 1.0' in text
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+    lines = [line for line in log.read_text().splitlines() if line.strip()]
+    assert lines
+    records = [json.loads(line) for line in lines]  # every line is one JSON object
+    assert any("message" in r and "timestamp" in r for r in records)

@@ -102,6 +102,19 @@ class RunPolicy(SpecModel):
             description="Fail the run (reason DeadlineExceeded) when it has been active this long; unlimited if unset.",
         ),
     ]
+    pending_timeout_seconds: Annotated[
+        int,
+        Field(
+            default=600,
+            ge=0,
+            le=31_536_000,
+            description=(
+                "Fail the run when a worker pod cannot start for this long: unschedulable (e.g. no node with the "
+                "requested GPUs), image pull failing, or a bad container configuration; the reason names the cause. "
+                "0 waits forever."
+            ),
+        ),
+    ]
     ttl_seconds_after_finished: Annotated[
         int | None,
         Field(
