@@ -1,10 +1,10 @@
 """The chart's operator ClusterRole against the rules the controllers' own least-privilege tests grant.
 
-tests/integration/test_inference_rbac.py runs the inference controller with exactly INFERENCE_RULES (nothing
-more) and shows they are enough; the chart must grant at least those. The other direction (nothing the
-controllers do not use) is checked here for the verbs the code never issues: kopf and the controllers write
-with PATCH only (server-side apply, merge and status patches), so no "update" beyond the owner-finalizer check,
-no wildcards, no Secrets.
+tests/integration/test_inference_rbac.py and test_training_rbac.py run the operator with exactly
+INFERENCE_RULES + TRAINING_RULES (nothing more) and show they are enough; the chart must grant at least those.
+The other direction (nothing the controllers do not use) is checked here for the verbs the code never issues:
+kopf and the controllers write with PATCH only (server-side apply, merge and status patches), so no "update"
+beyond the owner-finalizer check, no wildcards, no Secrets.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.chart.helm import NAMESPACED_VALUES, Helm, one
+from tests.fixtures.rbac import TRAINING_RULES
 from tests.integration.test_inference_rbac import INFERENCE_RULES
 
 Rule = dict[str, Any]
@@ -41,16 +42,17 @@ def missing(rules: list[Rule], needed_rules: list[Rule]) -> list[tuple[str, str,
     ]
 
 
-def test_chart_grants_what_the_inference_controller_needs(
+def test_chart_grants_what_both_controllers_need(
     rendered_defaults: list[dict[str, Any]], helm: Helm, tmp_path: Path
 ) -> None:
     # Namespaced mode (as the RBAC test runs the controller): the Role plus the discovery ClusterRole.
     docs = helm.render(tmp_path, files=[NAMESPACED_VALUES])
     namespaced = [r for d in docs if d["kind"] == "Role" for r in d["rules"]]
     namespaced += one(docs, "ClusterRole", "ds-deepseek-operator-discovery")["rules"]
-    assert not missing(namespaced, INFERENCE_RULES)
+    needed = INFERENCE_RULES + TRAINING_RULES
+    assert not missing(namespaced, needed)
     # Cluster-wide: kopf watches every namespace and never lists them (the cluster-wide operator test shows it).
-    without_namespaces = [r for r in INFERENCE_RULES if r["resources"] != ["namespaces"]]
+    without_namespaces = [r for r in needed if r["resources"] != ["namespaces"]]
     assert not missing(operator_rules(rendered_defaults), without_namespaces)
 
 
