@@ -117,6 +117,7 @@ def test_operator_reads_what_the_chart_sets(rendered_all_on: list[dict[str, Any]
     assert config.worker_image == f"ghcr.io/deepseek-operator/worker@{values['workerImage']['digest']}"
     assert config.worker_image_pull_policy == "Always"
     assert config.resync_seconds == 15
+    assert config.max_concurrent_reconciles == 8
     assert config.metrics_port == 8080
     assert config.liveness_port == 8081
     c = container(rendered_all_on)

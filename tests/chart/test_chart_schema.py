@@ -32,6 +32,11 @@ REFUSED: list[tuple[str, dict[str, Any], list[str]]] = [
     ("log-format", {"operator": {"logFormat": "xml"}}, ["at '/operator/logFormat'", "'json', 'plain'"]),
     ("port-range", {"operator": {"metricsPort": 70000}}, ["at '/operator/metricsPort'", "maximum"]),
     ("resync-zero", {"operator": {"resyncSeconds": 0}}, ["at '/operator/resyncSeconds'", "minimum"]),
+    (
+        "concurrency-zero",
+        {"operator": {"maxConcurrentReconciles": 0}},
+        ["at '/operator/maxConcurrentReconciles'", "minimum"],
+    ),
     ("duration", {"serviceMonitor": {"interval": "soon"}}, ["at '/serviceMonitor/interval'", "does not match pattern"]),
     (
         "queue-depth-zero",
