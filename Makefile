@@ -28,6 +28,9 @@ pytest:
 unit:
 	$(PY) -m pytest tests/unit
 
-# Regenerate crds/*.yaml and the field reference in docs/api.md from deepseek_operator.api (never edit by hand).
+# Regenerate crds/*.yaml and the field reference in docs/api.md from deepseek_operator.api (never edit by hand),
+# and the Helm chart's copy of the CRDs (charts/deepseek-operator/files/crds, installed and upgraded by the chart).
 crds:
 	$(PY) -m deepseek_operator.api.crdgen
+	rm -f charts/deepseek-operator/files/crds/*.yaml
+	cp crds/*.yaml charts/deepseek-operator/files/crds/

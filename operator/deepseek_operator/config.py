@@ -10,6 +10,19 @@ def _split(value: str) -> list[str]:
     return [item.strip() for item in value.split(",") if item.strip()]
 
 
+CONTROLLERS = frozenset({"training", "inference"})
+
+
+def _controllers(value: str) -> frozenset[str]:
+    chosen = frozenset(_split(value))
+    unknown = chosen - CONTROLLERS
+    if not chosen or unknown:
+        raise ValueError(
+            f"DEEPSEEK_CONTROLLERS={value!r}: expected a comma-separated list of {', '.join(sorted(CONTROLLERS))}"
+        )
+    return chosen
+
+
 @dataclass(frozen=True)
 class OperatorConfig:
     # Namespaces to watch; empty means cluster-wide.
@@ -33,6 +46,12 @@ class OperatorConfig:
     # Reconciles of one kind that may talk to the API server at once (like controller-runtime's
     # MaxConcurrentReconciles): keeps a burst of thousands of resources from opening thousands of connections.
     max_concurrent_reconciles: int = 16
+    # Which controllers reconcile (DEEPSEEK_CONTROLLERS="training,inference"): a serving-only or training-only
+    # install runs one of them; tests of one controller keep the other from acting on resources they fake.
+    controllers: frozenset[str] = CONTROLLERS
+
+    def runs(self, controller: str) -> bool:
+        return controller in self.controllers
 
     @property
     def heartbeat_namespace(self) -> str | None:
@@ -58,4 +77,5 @@ class OperatorConfig:
             max_concurrent_reconciles=int(
                 e.get("DEEPSEEK_MAX_CONCURRENT_RECONCILES", defaults.max_concurrent_reconciles)
             ),
+            controllers=_controllers(e.get("DEEPSEEK_CONTROLLERS", ",".join(sorted(defaults.controllers)))),
         )

@@ -35,9 +35,17 @@ from lightkube.resources.policy_v1 import PodDisruptionBudget
 from lightkube.types import PatchType
 from prometheus_client import REGISTRY
 
-from tests.fixtures.operator import OperatorRunner
+from tests.fixtures.operator import OperatorFactory, OperatorRunner
 
 pytestmark = pytest.mark.timeout(240)
+
+
+@pytest.fixture
+def operator(operator_factory: OperatorFactory, namespace: str) -> OperatorRunner:
+    """Only the inference controller: these tests write the referenced trainings' status themselves (what the
+    training controller reports), so that controller must not run those trainings and overwrite it."""
+    return operator_factory(namespace, controllers=frozenset({"inference"}))
+
 
 TIMEOUT = 60.0
 KIND = "DeepSeekInference"

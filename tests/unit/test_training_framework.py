@@ -47,6 +47,15 @@ def test_watched_children_get_an_empty_essence() -> None:
         assert lean.build(body=kopf.Body({**copy.deepcopy(BODY), "kind": kind})) == {}  # type: ignore[arg-type]
 
 
+def test_config_chooses_controllers_and_names_a_wrong_one() -> None:
+    assert OperatorConfig.from_env({}).controllers == {"training", "inference"}
+    cfg = OperatorConfig.from_env({"DEEPSEEK_CONTROLLERS": "inference"})
+    assert cfg.runs("inference")
+    assert not cfg.runs("training")
+    with pytest.raises(ValueError, match="DEEPSEEK_CONTROLLERS='serving': expected a comma-separated list of"):
+        OperatorConfig.from_env({"DEEPSEEK_CONTROLLERS": "serving"})
+
+
 def test_config_from_environment() -> None:
     cfg = OperatorConfig.from_env(
         {

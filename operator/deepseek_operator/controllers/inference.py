@@ -188,7 +188,11 @@ class _LoopState:
     written: dict[str, Any] | None = None  # the status as last written (the watch may lag behind it)
 
 
-@kopf.daemon(*INFERENCES, cancellation_timeout=10.0)
+def _enabled(memo: Any, **_: Any) -> bool:
+    return _config(memo).runs("inference")
+
+
+@kopf.daemon(*INFERENCES, cancellation_timeout=10.0, when=_enabled)
 async def inference_daemon(
     *, name: str, namespace: str | None, body: kopf.Body, memo: Any, stopped: kopf.DaemonStopped, **kwargs: Any
 ) -> None:

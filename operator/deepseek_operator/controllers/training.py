@@ -146,7 +146,12 @@ async def _training_changed(namespace: str | None, name: str, type: str, memo: A
 # The reconcile loop
 
 
-@kopf.daemon(naming.GROUP, naming.VERSION, naming.TRAINING_PLURAL, cancellation_timeout=10.0)
+def _enabled(memo: Any, **_: Any) -> bool:
+    config: OperatorConfig = getattr(memo, "config", None) or OperatorConfig()
+    return config.runs("training")
+
+
+@kopf.daemon(naming.GROUP, naming.VERSION, naming.TRAINING_PLURAL, cancellation_timeout=10.0, when=_enabled)
 async def training_daemon(stopped: kopf.DaemonStopped, body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
     state: TrainingState = memo.trainings
     config: OperatorConfig = memo.config
