@@ -86,6 +86,14 @@ def is_not_found(err: ApiError) -> bool:
     return err.status.code == 404
 
 
+def _absent(err: ApiError | httpx2.HTTPStatusError) -> bool:
+    """A 404: the object is gone, or (plain-text 404 that lightkube raises untranslated) the server does not
+    know the API group at all."""
+    if isinstance(err, ApiError):
+        return is_not_found(err)
+    return err.response.status_code == 404
+
+
 def is_conflict(err: ApiError) -> bool:
     return err.status.code == 409
 
@@ -107,13 +115,8 @@ async def delete(resource: type[NamespacedResource], name: str, namespace: str, 
     try:
         cascade = CascadeType.FOREGROUND if foreground else CascadeType.BACKGROUND
         await client().delete(resource, name, namespace=namespace, cascade=cascade)
-    except ApiError as err:
-        if is_not_found(err):
-            return False
-        raise
-    except httpx2.HTTPStatusError as err:
-        # An API group the server does not know answers a plain-text 404 (lightkube raises it untranslated).
-        if err.response.status_code == 404:
+    except (ApiError, httpx2.HTTPStatusError) as err:
+        if _absent(err):
             return False
         raise
     return True
@@ -166,13 +169,8 @@ async def namespaced_api_served(resource: type[NamespacedResource], namespace: s
     try:
         async for _ in client().list(resource, namespace=namespace, chunk_size=1):
             break
-    except ApiError as err:
-        if is_not_found(err):
-            return False
-        raise
-    except httpx2.HTTPStatusError as err:
-        # An API group the server does not know answers a plain-text 404 (lightkube raises it untranslated).
-        if err.response.status_code == 404:
+    except (ApiError, httpx2.HTTPStatusError) as err:
+        if _absent(err):
             return False
         raise
     return True
