@@ -4,13 +4,18 @@ VENV := .venv
 PY := $(VENV)/bin/python
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: setup test lint unit pytest crds
+.PHONY: setup test lint unit pytest crds quickstart
 
 setup:
 	scripts/setup.sh
 
 # Every check CI runs: lint, types, then the whole test suite (unit, integration on a real control plane, e2e).
 test: lint pytest
+
+# The whole platform on this machine: dev cluster, operator, examples/quickstart.yaml, predictions over HTTP.
+# Stops everything at the end; `make quickstart ARGS=--keep` leaves the dev cluster running.
+quickstart:
+	scripts/quickstart $(ARGS)
 
 lint:
 	$(VENV)/bin/ruff check .

@@ -52,6 +52,9 @@ step "system tools for chart tests (promtool, lua)"
 missing=()
 command -v promtool >/dev/null || missing+=(prometheus)
 command -v lua5.4 >/dev/null || missing+=(lua5.4)
+# The dev cluster's node agent (quickstart, tests/e2e): namespaces and the pod network.
+command -v ip >/dev/null || missing+=(iproute2)
+command -v nsenter >/dev/null || missing+=(util-linux)
 if [ ${#missing[@]} -gt 0 ]; then
   apt_install "${missing[@]}"
 fi

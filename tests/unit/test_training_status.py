@@ -478,6 +478,13 @@ def test_status_patch_and_invalid_spec() -> None:
         "phase": "Failed",
         "progress": None,
     }
+    # Keys gone from a nested object are nulled there too (a merge patch would keep them otherwise).
+    train = {"phase": "Running", "progress": {"stage": "train", "step": 40, "loss": 0.9, "evalMetric": {"v": 1}}}
+    quantize = {"phase": "Quantizing", "progress": {"stage": "quantize", "step": 0}}
+    assert ts.status_patch(train, quantize) == {
+        "phase": "Quantizing",
+        "progress": {"stage": "quantize", "step": 0, "loss": None, "evalMetric": None},
+    }
     st = ts.invalid_spec_status({}, [("spec.training.epochs", "must be at least 1")], 4, NOW)
     failed = next(c for c in st["conditions"] if c["type"] == "Failed")
     assert (st["phase"], failed["reason"], st["observedGeneration"]) == ("Failed", "InvalidSpec", 4)

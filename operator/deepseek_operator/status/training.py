@@ -758,8 +758,16 @@ def status_patch(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, An
     """A merge patch turning `old` into `new` (None-valued keys delete), or None when nothing changed."""
     if json.dumps(old, sort_keys=True) == json.dumps(new, sort_keys=True):
         return None
+    return _with_nulls(old, new)
+
+
+def _with_nulls(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
+    # A merge patch merges nested objects: a key gone from e.g. `progress` (a quantize report has no loss) must
+    # be nulled at its own level, or the train stage's value stays.
     patch: dict[str, Any] = dict(new)
-    for key in old:
+    for key, value in old.items():
         if key not in new:
             patch[key] = None
+        elif isinstance(value, Mapping) and isinstance(new[key], Mapping):
+            patch[key] = _with_nulls(value, new[key])
     return patch

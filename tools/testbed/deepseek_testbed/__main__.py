@@ -4,6 +4,7 @@ python -m deepseek_testbed up [--cluster] [--workdir D]   # prints the kubeconfi
 python -m deepseek_testbed down [--workdir D]             # stops the `up` running in D
 python -m deepseek_testbed status [--workdir D]           # prints its state (JSON), exit 1 if none
 python -m deepseek_testbed build                          # builds/locates the binaries, prints their dir
+python -m deepseek_testbed devcluster up|down|status      # the dev cluster: + a node that runs pods locally
 """
 
 from __future__ import annotations
@@ -141,9 +142,43 @@ def cmd_build(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_devcluster(args: argparse.Namespace) -> int:
+    from deepseek_testbed import devcluster
+
+    workdir: Path = (args.workdir or devcluster.default_workdir()).resolve()
+    if args.action == "up":
+        extra = [f"--network={args.network}"]
+        extra += [f"--cpu={args.cpu}"] if args.cpu else []
+        extra += [f"--memory={args.memory}"] if args.memory else []
+        extra += [f"--operator={args.operator}"]
+        if args.detach:
+            return devcluster.up_detached(workdir, extra)
+        return devcluster.up(workdir, network=args.network, cpu=args.cpu, memory=args.memory, operator=args.operator)
+    if args.action == "down":
+        return devcluster.down(workdir)
+    return devcluster.status(workdir)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m deepseek_testbed", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
+    dev = sub.add_parser("devcluster", help="a control plane with one node whose pods run as local processes")
+    dev.set_defaults(func=cmd_devcluster)
+    dev.add_argument("action", choices=["up", "down", "status"])
+    dev.add_argument(
+        "--workdir", type=Path, help="default: $DEEPSEEK_DEVCLUSTER_WORKDIR or /tmp/deepseek-devcluster-UID"
+    )
+    dev.add_argument("--detach", action="store_true", help="up: run in the background, return once ready")
+    dev.add_argument("--network", choices=["auto", "bridge", "host"], default="auto", help="pod network (up)")
+    dev.add_argument("--cpu", help="cpu capacity the node reports (default: this machine's)")
+    dev.add_argument("--memory", help="memory capacity the node reports (default: this machine's)")
+    dev.add_argument(
+        "--operator",
+        choices=["auto", "chart", "process", "none"],
+        default="auto",
+        help="up: install the operator with its Helm chart (a pod on the node; auto when the chart exists), run "
+        "it as a local process, or not at all",
+    )
     for name, func, help_text in (
         ("up", cmd_up, "start a control plane and keep it running until Ctrl-C"),
         ("down", cmd_down, "stop the control plane that `up` runs in --workdir"),

@@ -237,6 +237,8 @@ class ControlPlane:
 
     def _start_apiserver(self, bins: Binaries, etcd_url: str, admin: CertPair) -> None:
         pki = self.pki
+        # How kube-apiserver authenticates to a node's kubelet API (`kubectl logs` on the dev cluster's node agent).
+        kubelet_client = pki.client_cert("kube-apiserver-kubelet-client", ["system:masters"])
         for attempt in range(_START_ATTEMPTS):
             port = free_port()
             server = f"https://127.0.0.1:{port}"
@@ -267,6 +269,8 @@ class ControlPlane:
                     "--requestheader-extra-headers-prefix=X-Remote-Extra-",
                     f"--proxy-client-cert-file={pki.front_proxy_client.cert}",
                     f"--proxy-client-key-file={pki.front_proxy_client.key}",
+                    f"--kubelet-client-certificate={kubelet_client.cert}",
+                    f"--kubelet-client-key={kubelet_client.key}",
                     "--profiling=false",
                     "--event-ttl=1h",
                 ],
