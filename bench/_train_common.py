@@ -49,8 +49,14 @@ def train_in_subprocess(config: dict[str, Any], env: dict[str, str] | None = Non
         )
         if proc.returncode != 0:
             raise RuntimeError(f"training failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
-        metrics: dict[str, float] = json.loads((out / "v1" / "metrics.json").read_text())
-        return metrics
+        return read_metrics(out)
+
+
+def read_metrics(output: Path) -> dict[str, float]:
+    """metrics.json of a run published at `output`, flattened (its fp32 and training sections in one dict)."""
+    from deepseek_workers.training.output import flat_metrics
+
+    return flat_metrics(json.loads((output / "v1" / "metrics.json").read_text()))
 
 
 def machine() -> dict[str, Any]:

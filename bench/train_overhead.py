@@ -12,7 +12,6 @@ hand-written loop is timed over its steps. Goal: overhead under 5%.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 import tempfile
@@ -22,7 +21,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch
-from _train_common import machine, median, run_config, save
+from _train_common import machine, median, read_metrics, run_config, save
 from deepseek_workers.builtin_models import minilm_path
 from deepseek_workers.data import load_training_data
 from deepseek_workers.runconfig import parse_train_config
@@ -71,8 +70,7 @@ def engine(cfg_dict: dict) -> float:  # type: ignore[type-arg]
     with tempfile.TemporaryDirectory() as tmp:
         cfg_dict = {**cfg_dict, "outputUri": str(Path(tmp) / "out")}
         run_training(parse_train_config(cfg_dict))
-        m = json.loads((Path(tmp) / "out" / "v1" / "metrics.json").read_text())
-        return float(m["trainSamplesPerSecond"])
+        return read_metrics(Path(tmp) / "out")["trainSamplesPerSecond"]
 
 
 def main() -> None:
