@@ -71,7 +71,9 @@ def test_inference_dashboard_and_rules_on_a_real_server(
 
         wait_until(ready, timeout=240, what="the model server to be ready")
         with prometheus(helm, tmp_path, [scrape]) as base:
-            texts = [row.text for row in finetuned_minilm_r8.eval_rows][:16] * 2
+            # One text, 32 times per burst: equal lengths, so length grouping never splits a formed batch and the
+            # mean batch size shows the batching itself (distinct texts may rightly run as singletons on a CPU).
+            texts = [finetuned_minilm_r8.eval_rows[0].text] * 32
             with ThreadPoolExecutor(16) as pool:
                 for _ in range(2):  # two bursts a scrape apart, so that rate() has two points
                     codes = list(
@@ -86,6 +88,12 @@ def test_inference_dashboard_and_rules_on_a_real_server(
                 lambda: instant(base, 'deepseek_serve_requests_total{endpoint="/classify", status="200"} >= 64'),
                 timeout=60,
                 what="Prometheus to scrape the served requests",
+            )
+            # rate() needs two samples of a series: fast bursts may all land before the second scrape.
+            wait_until(
+                lambda: instant(base, 'count_over_time(deepseek_serve_requests_total{endpoint="/classify"}[1m]) >= 2'),
+                timeout=30,
+                what="a second scrape of the served requests",
             )
             must_have_data = {
                 "Ready replicas",
