@@ -13,7 +13,6 @@ import argparse
 import json
 import logging
 import os
-import shutil
 import signal
 import sys
 import tempfile
@@ -22,10 +21,10 @@ from pathlib import Path
 from types import FrameType
 
 from deepseek_testbed.binaries import ensure_binaries
-from deepseek_testbed.controlplane import ControlPlane
+from deepseek_testbed.controlplane import STATE_FILE, ControlPlane
 from deepseek_testbed.errors import TestbedError
 from deepseek_testbed.nodes import default_nodes
-from deepseek_testbed.process import pid_alive
+from deepseek_testbed.process import pid_alive, prepare_workdir
 
 MARKER = ".deepseek-testbed"
 log = logging.getLogger("deepseek_testbed")
@@ -37,19 +36,13 @@ def default_workdir() -> Path:
 
 
 def _prepare_workdir(workdir: Path) -> None:
-    if (workdir / "state.json").exists():
-        state = ControlPlane.read_state(workdir)
-        if pid_alive(int(state["owner_pid"])):
-            raise TestbedError(
-                f"a control plane already runs in {workdir} (pid {state['owner_pid']}); "
-                f"stop it with `python -m deepseek_testbed down --workdir {workdir}`"
-            )
-    if workdir.exists() and any(workdir.iterdir()):
-        if not (workdir / MARKER).exists():
-            raise TestbedError(f"{workdir} is not empty and is not a testbed work directory; choose another --workdir")
-        shutil.rmtree(workdir)  # a fresh cluster each time: old etcd data, certificates and logs go
-    workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / MARKER).write_text("work directory of `python -m deepseek_testbed up`; safe to delete when down\n")
+    prepare_workdir(
+        workdir,
+        state_file=STATE_FILE,
+        marker=MARKER,
+        what="a control plane",
+        down_command=f"python -m deepseek_testbed down --workdir {workdir}",
+    )
 
 
 def _raise_interrupt(signum: int, frame: FrameType | None) -> None:

@@ -35,7 +35,7 @@ from deepseek_testbed.binaries import Binaries, ensure_binaries
 from deepseek_testbed.controlplane import ControlPlane
 from deepseek_testbed.errors import TestbedError
 from deepseek_testbed.node_agent import DEFAULT_NODE_NAME, REPO_ROOT
-from deepseek_testbed.process import ManagedProcess, free_ports, pid_alive, tail
+from deepseek_testbed.process import ManagedProcess, free_ports, pid_alive, prepare_workdir, tail
 from deepseek_testbed.waiting import wait_until
 
 log = logging.getLogger("deepseek_testbed.devcluster")
@@ -313,19 +313,13 @@ def _sudo() -> list[str]:
 
 # ---------------------------------------------------------------------------------------------- CLI
 def _prepare_workdir(workdir: Path) -> None:
-    if (workdir / STATE_FILE).exists():
-        state = DevCluster.read_state(workdir)
-        if pid_alive(int(state["owner_pid"])):
-            raise TestbedError(
-                f"a dev cluster already runs in {workdir} (pid {state['owner_pid']}); "
-                f"stop it with `python -m deepseek_testbed devcluster down --workdir {workdir}`"
-            )
-    if workdir.exists() and any(workdir.iterdir()):
-        if not (workdir / MARKER).exists():
-            raise TestbedError(f"{workdir} is not empty and is not a dev cluster work directory")
-        shutil.rmtree(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / MARKER).write_text("work directory of `python -m deepseek_testbed devcluster up`\n")
+    prepare_workdir(
+        workdir,
+        state_file=STATE_FILE,
+        marker=MARKER,
+        what="a dev cluster",
+        down_command=f"python -m deepseek_testbed devcluster down --workdir {workdir}",
+    )
 
 
 def up(

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -146,3 +148,20 @@ def pid_alive(pid: int) -> bool:
             return f.read().split(") ", 1)[1][:1] != "Z"
     except (FileNotFoundError, IndexError):
         return True
+
+
+def prepare_workdir(workdir: Path, *, state_file: str, marker: str, what: str, down_command: str) -> None:
+    """Give `what` (a control plane, a dev cluster) a fresh work directory: refuse one whose owner still runs
+    (its state file names a live pid) or a non-empty directory that is not ours (no `marker`); otherwise wipe
+    it, so old etcd data, certificates and logs go, and mark it."""
+    state_path = workdir / state_file
+    if state_path.exists():
+        owner = json.loads(state_path.read_text()).get("owner_pid")
+        if owner is not None and pid_alive(int(owner)):
+            raise TestbedError(f"{what} already runs in {workdir} (pid {owner}); stop it with `{down_command}`")
+    if workdir.exists() and any(workdir.iterdir()):
+        if not (workdir / marker).exists():
+            raise TestbedError(f"{workdir} is not empty and is not a {what} work directory; choose another --workdir")
+        shutil.rmtree(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / marker).write_text(f"work directory of {what}; safe to delete when it is down\n")
