@@ -83,15 +83,10 @@ def _compile_and_warm(model: torch.nn.Module, batches: list[ev.Batch]) -> tuple[
 def bench_classifier(rows: int, rounds: int, compile_too: bool) -> dict[str, Any]:
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from tests.fixtures.ml import CACHE_ROOT, EVAL_ROWS, _cache_key, _train
+    from tests.fixtures.ml import EVAL_ROWS, trained_minilm_r8
 
     # The tests' model: trained once per machine by the real training engine (tests/fixtures/ml.py).
-    root = CACHE_ROOT / f"minilm-r8-engine-{_cache_key()}"
-    if not (root / "v1" / "manifest.json").is_file():
-        print("fine-tuning MiniLM on R8 first with the training engine (once per machine) ...", flush=True)
-        root.parent.mkdir(parents=True, exist_ok=True)
-        _train(root)
-    path = root / "v1" / "fp32"
+    path = trained_minilm_r8() / "fp32"
     import random
 
     from deepseek_workers.builtin_data import reuters_r8

@@ -45,13 +45,9 @@ BATCHING = {"maxBatchSize": 32, "maxQueueDelayMs": 5, "maxQueueSize": 1024, "req
 def model_dir() -> Path:
     """The shared fine-tuned MiniLM from the test fixture's cache (trained there if missing)."""
     sys.path.insert(0, str(ROOT))
-    from tests.fixtures.ml import CACHE_ROOT, _cache_key, _fine_tune
+    from tests.fixtures.ml import trained_minilm_r8
 
-    path = CACHE_ROOT / f"minilm-r8-{_cache_key()}"
-    if not path.is_dir():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        _fine_tune(path)
-    return path
+    return trained_minilm_r8() / "fp32"
 
 
 def workload(path: Path, n: int) -> list[str]:
