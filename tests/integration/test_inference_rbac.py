@@ -14,11 +14,10 @@ from typing import Any
 import pytest
 from deepseek_operator import naming
 from deepseek_testbed import ControlPlane, wait_until
-from lightkube import Client, codecs
-from lightkube.resources.rbac_authorization_v1 import ClusterRole, ClusterRoleBinding
+from lightkube import Client
 
 from tests.fixtures.operator import OperatorFactory
-from tests.fixtures.rbac import TRAINING_RULES
+from tests.fixtures.rbac import TRAINING_RULES, bound_service_account
 from tests.integration.test_inference_controller import condition, create, inference, status, training
 
 pytestmark = pytest.mark.timeout(180)
@@ -70,54 +69,12 @@ INFERENCE_RULES: list[dict[str, Any]] = [
 @pytest.fixture
 def operator_account(kube_cluster: ControlPlane, namespace: str) -> Iterator[str]:
     """A ServiceAccount bound (cluster-wide) to INFERENCE_RULES only; its kubeconfig path."""
-    admin = kube_cluster.client()
-    name = f"{namespace}-inference-operator"
-    admin.create(
-        codecs.from_dict(
-            {
-                "apiVersion": "rbac.authorization.k8s.io/v1",
-                "kind": "ClusterRole",
-                "metadata": {"name": name},
-                # The operator process also runs the training controller: its rules too.
-                "rules": INFERENCE_RULES + TRAINING_RULES,
-            }
-        )
-    )
-    admin.create(
-        codecs.from_dict(
-            {
-                "apiVersion": "rbac.authorization.k8s.io/v1",
-                "kind": "ClusterRoleBinding",
-                "metadata": {"name": name},
-                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": name},
-                "subjects": [{"kind": "ServiceAccount", "name": "deepseek-operator", "namespace": namespace}],
-            }
-        )
-    )
-    kubeconfig = kube_cluster.service_account_kubeconfig(namespace, "deepseek-operator", create=True)
-    # RBAC reaches the authorizer's cache a moment later.
-    wait_until(
-        lambda: (
-            "yes"
-            in kube_cluster.kubectl(
-                "auth",
-                "can-i",
-                "patch",
-                "deployments",
-                "-n",
-                namespace,
-                "--as",
-                f"system:serviceaccount:{namespace}:deepseek-operator",
-                check=False,
-            ).stdout
-        ),
-        timeout=30,
-        what="the RoleBinding to take effect",
-    )
-    yield str(kubeconfig)
-    admin.delete(ClusterRoleBinding, name)
-    admin.delete(ClusterRole, name)
-    admin.close()
+    # The operator process also runs the training controller: its rules too.
+    rules = INFERENCE_RULES + TRAINING_RULES
+    with bound_service_account(
+        kube_cluster, namespace, f"{namespace}-inference-operator", rules, ("patch", "deployments")
+    ) as kubeconfig:
+        yield kubeconfig
 
 
 def test_the_inference_controller_needs_only_the_documented_rules(

@@ -13,64 +13,20 @@ from collections.abc import Iterator
 
 import pytest
 from deepseek_testbed import ControlPlane, fate_annotations, wait_until
-from lightkube import codecs
-from lightkube.resources.rbac_authorization_v1 import ClusterRole, ClusterRoleBinding
 
 from tests.fixtures import training as tr
 from tests.fixtures.operator import OperatorFactory
-from tests.fixtures.rbac import TRAINING_RULES
+from tests.fixtures.rbac import TRAINING_RULES, bound_service_account
 from tests.integration.test_inference_rbac import INFERENCE_RULES
 
 
 @pytest.fixture
 def operator_account(kube_cluster: ControlPlane, namespace: str) -> Iterator[str]:
     """A ServiceAccount bound (cluster-wide) to the documented rules only; its kubeconfig path."""
-    admin = kube_cluster.client()
-    name = f"{namespace}-training-operator"
     rules = TRAINING_RULES + list(INFERENCE_RULES)
-    admin.create(
-        codecs.from_dict(
-            {
-                "apiVersion": "rbac.authorization.k8s.io/v1",
-                "kind": "ClusterRole",
-                "metadata": {"name": name},
-                "rules": rules,
-            }
-        )
-    )
-    admin.create(
-        codecs.from_dict(
-            {
-                "apiVersion": "rbac.authorization.k8s.io/v1",
-                "kind": "ClusterRoleBinding",
-                "metadata": {"name": name},
-                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": name},
-                "subjects": [{"kind": "ServiceAccount", "name": "deepseek-operator", "namespace": namespace}],
-            }
-        )
-    )
-    kubeconfig = kube_cluster.service_account_kubeconfig(namespace, "deepseek-operator", create=True)
-    wait_until(
-        lambda: (
-            "yes"
-            in kube_cluster.kubectl(
-                "auth",
-                "can-i",
-                "create",
-                "rolebindings",
-                "-n",
-                namespace,
-                "--as",
-                f"system:serviceaccount:{namespace}:deepseek-operator",
-                check=False,
-            ).stdout
-        ),
-        timeout=30,
-        what="the ClusterRoleBinding to take effect",
-    )
-    yield str(kubeconfig)
-    admin.delete(ClusterRoleBinding, name)
-    admin.delete(ClusterRole, name)
+    name = f"{namespace}-training-operator"
+    with bound_service_account(kube_cluster, namespace, name, rules, ("create", "rolebindings")) as kubeconfig:
+        yield kubeconfig
 
 
 def test_the_training_controller_needs_only_the_documented_rules(
