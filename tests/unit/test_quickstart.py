@@ -79,6 +79,8 @@ def test_progress_lines() -> None:
         }
     }
     assert training_line(train) == "Running train 40% (step 16/40, epoch 0.40, loss 1.180)"
+    train["status"]["progress"]["precision"] = "fp32"  # type: ignore[index]
+    assert training_line(train) == "Running train 40% (step 16/40, epoch 0.40, fp32, loss 1.180)"
     # A quantize report's status.progress may still carry the train stage's loss and throughput: not shown.
     quantize = {
         "status": {

@@ -446,6 +446,7 @@ def test_progress_report_becomes_status_progress() -> None:
         samplesPerSecond=120.5,
         etaSeconds=300.0,
         resumedFromStep=20,
+        precision="fp32",
     )
     p = run(training(started()), jobs=[j], pods=[pod(j)], report=r)
     assert p.status["progress"] == {
@@ -459,6 +460,7 @@ def test_progress_report_becomes_status_progress() -> None:
         "samplesPerSecond": 120.5,
         "etaSeconds": 300.0,
         "resumedFromStep": 20,
+        "precision": "fp32",
         "lastUpdateTime": iso(1),
     }  # the NaN loss is left out rather than written
 

@@ -554,6 +554,7 @@ class ProgressReport(SpecModel):
     samples_per_second: float | None = None
     eta_seconds: float | None = None
     resumed_from_step: int | None = None
+    precision: Precision | None = None  # what training really runs in (bf16 may fall back to fp32 on a CPU)
     updated_at: str  # RFC 3339, UTC
     # Set when a stage ends: where its output went and what it measured.
     artifact_uri: str | None = None

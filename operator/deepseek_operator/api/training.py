@@ -12,6 +12,7 @@ from deepseek_workers.runconfig import (
     DatasetSpec,
     Location,
     ModelSpec,
+    Precision,
     QuantizationSpec,
     SpecModel,
     TrainingSpec,
@@ -311,6 +312,17 @@ class TrainingProgress(StatusModel):
     eta_seconds: Annotated[float | None, Field(default=None, ge=0.0, description="Estimated seconds left.")]
     resumed_from_step: Annotated[
         int | None, Field(default=None, ge=0, description="The checkpoint step this attempt resumed from.")
+    ]
+    precision: Annotated[
+        Precision | None,
+        Field(
+            default=None,
+            description=(
+                "The precision training really runs in. It differs from spec.training.precision when the hardware "
+                "lacks it: bf16 on a CPU without native bf16 (avx512_bf16, amx_bf16, Arm bf16) runs in fp32, "
+                "because emulated bf16 is several times slower."
+            ),
+        ),
     ]
     last_update_time: Annotated[Time | None, Field(default=None, description="When worker 0 last reported.")]
 

@@ -391,6 +391,7 @@ class _Reconcile:
             "samplesPerSecond": r.samples_per_second,
             "etaSeconds": r.eta_seconds,
             "resumedFromStep": r.resumed_from_step,
+            "precision": r.precision,
             "lastUpdateTime": r.updated_at,
         }
         self.st["progress"] = {

@@ -107,6 +107,8 @@ def training_line(obj: dict[str, Any]) -> str:
     elif p.get("stage"):
         parts.append(f"{p['stage']} {p.get('percent', 0)}% (step {p.get('step', 0)}/{p.get('totalSteps', 0)}")
         details = [f"epoch {p.get('epoch', 0):.2f}"]
+        if p.get("precision"):
+            details.append(p["precision"])  # fp32 where the CPU has no native bf16 (see docs/training.md)
         if p.get("loss") is not None:
             details.append(f"loss {p['loss']:.3f}")
         if p.get("evalMetric"):
