@@ -108,7 +108,7 @@ def test_batches_form_under_concurrency(classifier_server: LiveServer, reference
     before = classifier_server.metrics()
     n = 24  # a burst that fits the queue (maxQueueSize 24) even if it all lands before the first batch starts
     # One text, so every request has the same length: the length planner then keeps each formed batch in one
-    # model call, and the count of calls measures batching alone (not how the cost model split mixed lengths).
+    # model call, and the count of calls measures batching alone (not how the cost table split mixed lengths).
     texts = [reference["texts"][0]] * n
 
     async def burst() -> list[int]:

@@ -13,6 +13,7 @@ from deepseek_workers.serving.batcher import (
     DeadlineExceededError,
     DynamicBatcher,
     InferenceError,
+    MeasuredCost,
     NotAcceptingError,
     QueueFullError,
     plan_by_length,
@@ -191,15 +192,41 @@ def test_length_plan_separates_short_from_long_when_padding_costs_more_than_a_ca
     assert one.padding_ratio > 0.5
 
 
-def test_cost_model_fit_recovers_known_coefficients() -> None:
-    truth = CostModel(fixed_s=2e-3, per_token_s=5e-5, per_token_sq_s=1e-8)
-    samples = [(n, length, truth.cost(n, length)) for n in (1, 4, 8) for length in (16, 64, 128)]
-    fit = CostModel.fit(samples)
-    assert fit.fixed_s == pytest.approx(truth.fixed_s, rel=1e-3)
-    assert fit.per_token_s == pytest.approx(truth.per_token_s, rel=1e-3)
-    assert fit.per_token_sq_s == pytest.approx(truth.per_token_sq_s, rel=1e-3)
-    # Noise that would make a coefficient negative is clipped to zero, never negative.
-    assert min(CostModel.fit([(1, 8, 0.01), (8, 8, 0.005), (1, 64, 0.004)]).__dict__.values()) >= 0
+# MiniLM on one AVX2 core, as measured at warm-up (n, length, seconds): a call's cost per token falls with
+# its size, which no fixed-overhead-plus-per-token formula captures.
+MINILM_AVX2 = [
+    (1, 16, 0.0151), (2, 16, 0.0197), (4, 16, 0.0275), (8, 16, 0.0482), (32, 16, 0.1737),
+    (1, 64, 0.0324), (2, 64, 0.0566), (4, 64, 0.0888), (8, 64, 0.1694), (32, 64, 0.7667),
+    (1, 256, 0.1125), (4, 256, 0.3460), (16, 256, 1.6679),
+]  # fmt: skip
+
+
+def test_measured_cost_interpolates_between_and_scales_beyond_the_timings() -> None:
+    table = MeasuredCost([*MINILM_AVX2, (1, 16, 0.020)])  # a slower repeat of a shape: the faster one counts
+    assert table.cost(1, 16) == pytest.approx(0.0151)
+    assert table.cost(4, 64) == pytest.approx(0.0888)
+    assert table.cost(3, 16) == pytest.approx((0.0197 + 0.0275) / 2)  # linear in n between measured sizes
+    assert table.cost(4, 160) == pytest.approx((0.0888 + 0.3460) / 2)  # and in length
+    assert table.cost(16, 16) == pytest.approx(0.0482 + (0.1737 - 0.0482) / 3)
+    assert table.cost(64, 64) == pytest.approx(0.7667 * 2)  # beyond the largest n: in proportion
+    assert table.cost(1, 512) == pytest.approx(0.1125 * 2)  # beyond the longest length: in proportion
+    assert table.cost(2, 5) == pytest.approx(0.0197)  # shorter than measured: at least that much
+    with pytest.raises(ValueError, match="no timings"):
+        MeasuredCost([])
+
+
+def test_measured_cost_plans_small_sorted_groups_where_a_formula_plans_one_call_each() -> None:
+    lengths = [12 + (7 * i) % 32 * 3 for i in range(32)]  # 32 distinct lengths from 12 to 105, shuffled
+    measured = plan_by_length(lengths, MeasuredCost(MINILM_AVX2))
+    # What the old least-squares fit of a + b·n·L + c·n·L² made of these timings: no overhead per call.
+    formula = plan_by_length(lengths, CostModel(fixed_s=0.0, per_token_s=3.5e-4, per_token_sq_s=5.7e-7))
+    assert len(formula.groups) == len(lengths)  # one call per request
+    assert 4 <= len(measured.groups) <= 16
+    assert all(len(g) >= 2 for g in measured.groups)
+    assert sorted(i for g in measured.groups for i in g) == list(range(len(lengths)))
+    for group in measured.groups:  # each group holds neighbours in length order
+        span = sorted(lengths[i] for i in group)
+        assert span[-1] - span[0] <= 40
 
 
 def test_cpu_quota_reads_cgroup_v2(tmp_path: Path) -> None:

@@ -51,11 +51,13 @@ from deepseek_workers.serving.backends import (
     warm_up,
 )
 from deepseek_workers.serving.batcher import (
+    BatchCost,
     BatcherError,
     BatchPlan,
     CostModel,
     DeadlineExceededError,
     DynamicBatcher,
+    MeasuredCost,
     NotAcceptingError,
     QueueFullError,
     Ticket,
@@ -174,7 +176,7 @@ class ModelServer:
         self.failure: BaseException | None = None
         self.model: LoadedModel | None = None
         self.batcher: DynamicBatcher[Any, Any] | None = None
-        self.cost_model = CostModel()
+        self.cost_model: BatchCost = CostModel()
         self.in_flight = 0
         self._no_requests = asyncio.Event()
         self._no_requests.set()
@@ -206,8 +208,8 @@ class ModelServer:
                 self.on_failure(err)
             return
         if samples:
-            self.cost_model = CostModel.fit(samples)
-            log.info("batch cost model from warm-up: %s", self.cost_model)
+            self.cost_model = MeasuredCost(samples)
+            log.info("batch cost table from warm-up: %s", self.cost_model)
         self.model = model
         self.batcher = self._make_batcher(model.backend)
         self.batcher.start()
