@@ -314,6 +314,9 @@ def main() -> None:
     parser.add_argument("--skip-competitors", action="store_true", help="no LitServe / Ray Serve")
     parser.add_argument("--out", default=str(RESULTS / "serve_bench"))
     parser.add_argument(
+        "--only", default="", help="comma-separated server names to run (a profiling aid; goals need all of them)"
+    )
+    parser.add_argument(
         "--threads",
         type=int,
         default=1,
@@ -337,7 +340,10 @@ def main() -> None:
         flush=True,
     )
     runs = []
+    only = {n for n in args.only.split(",") if n}
     for t in targets(path, tmp, args.skip_competitors):
+        if only and t.name not in only:
+            continue
         try:
             runs.append(run_target(t, texts, tmp, scale))
         except (RuntimeError, TimeoutError, OSError) as err:  # a competitor that fails is reported, not fatal
@@ -345,6 +351,9 @@ def main() -> None:
             runs.append({"name": t.name, "error": str(err), "levels": []})
         Path(args.out).with_suffix(".partial.json").write_text(json.dumps({"bare_model": bare, "servers": runs}))
     by = {r["name"]: {lv["concurrency"]: lv for lv in r["levels"]} for r in runs if r["levels"]}
+    if only:
+        print(json.dumps({"bare_model": bare, "servers": runs}, default=float))
+        return
     ours = by["deepseek"]
     limit = bare["best_batched"]["throughput_rps"]
     goals: dict[str, Any] = {
