@@ -64,7 +64,7 @@ def workload(path: Path, n: int) -> list[str]:
 # The model alone
 
 
-def bare_model(path: Path, texts: list[str], quick: bool = False) -> dict[str, Any]:
+def bare_model(path: Path, texts: list[str], scale: float) -> dict[str, Any]:
     import torch
     from deepseek_workers.serving.backends import TextClassifier, load_backend
 
@@ -77,7 +77,7 @@ def bare_model(path: Path, texts: list[str], quick: bool = False) -> dict[str, A
     single = []
     # Exactly the texts the concurrency-1 level sends (its added p50 compares like with like), three rounds.
     for _round in range(3):
-        for x in ids[: requests_at(1, 0.25 if quick else 1.0)]:
+        for x in ids[: requests_at(1, scale)]:
             t0 = time.perf_counter()
             backend.predict([x])
             single.append(time.perf_counter() - t0)
@@ -86,7 +86,7 @@ def bare_model(path: Path, texts: list[str], quick: bool = False) -> dict[str, A
     ids = ids[:128]  # enough for a stable rate; the model alone is the slow part of the whole run
     for order in ("arrival", "length-sorted"):
         seq = sorted(ids, key=len) if order == "length-sorted" else ids
-        for b in (1, 16, 32) if quick else (1, 8, 16, 32, 64):
+        for b in (1, 16, 32) if scale < 1.0 else (1, 8, 16, 32, 64):
             backend.predict(seq[:b])
             t0 = time.perf_counter()
             for i in range(0, len(seq), b):
@@ -340,7 +340,7 @@ def main() -> None:
     path = model_dir()
     texts = workload(path, 256)
     print(f"model {path.name}; {len(texts)} R8 texts of <= 128 tokens", flush=True)
-    bare = bare_model(path, texts, quick=args.quick)
+    bare = bare_model(path, texts, scale)
     print(
         f"  bare forward p50 {bare['single_forward_p50_ms']:.2f} ms; best batched "
         f"{bare['best_batched']['throughput_rps']:.1f}/s ({bare['best_batched']})",
