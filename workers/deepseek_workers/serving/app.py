@@ -48,6 +48,7 @@ from deepseek_workers.serving.backends import (
     GenerationResult,
     LoadedModel,
     TextClassifier,
+    is_classifier,
     warm_up,
 )
 from deepseek_workers.serving.batcher import (
@@ -364,9 +365,7 @@ class ServerMiddleware:
                 status = 499
             route = scope.get("route")
             endpoint = getattr(route, "path", None) or "unmatched"
-            m = server.metrics
-            m.requests.labels(m.model, endpoint, str(status)).inc()
-            m.request_seconds.labels(m.model, endpoint).observe(time.perf_counter() - start)
+            server.metrics.request_done(endpoint, status, time.perf_counter() - start)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -499,12 +498,12 @@ def create_app(server: ModelServer) -> FastAPI:
         params: dict[str, Any] = {"task": settings.task, "variant": settings.variant}
         if settings.task == "text-classification":
             inputs = [s.V2TensorMetadata(name="text", datatype="BYTES", shape=[-1])]
-            n_labels = len(model.backend.labels) if model and isinstance(model.backend, TextClassifier) else -1
+            n_labels = len(model.backend.labels) if model and is_classifier(model.backend) else -1
             outputs = [
                 s.V2TensorMetadata(name="label", datatype="BYTES", shape=[-1]),
                 s.V2TensorMetadata(name="scores", datatype="FP32", shape=[-1, n_labels]),
             ]
-            if model and isinstance(model.backend, TextClassifier):
+            if model and is_classifier(model.backend):
                 params["labels"] = model.backend.labels
         else:
             inputs = [s.V2TensorMetadata(name="text_input", datatype="BYTES", shape=[1])]
@@ -609,7 +608,7 @@ def create_app(server: ModelServer) -> FastAPI:
         model, batcher = server.require_ready()
         backend = model.backend
         timeout_s = _v2_timeout(body.parameters or {}, server.timeout_s)
-        if isinstance(backend, TextClassifier):
+        if is_classifier(backend):
             texts = _v2_texts(body, "text", server.settings.batching.max_queue_size)
             probs = await _classify(backend, batcher, texts, request, timeout_s)
             outputs = _v2_classifier_outputs(body, backend.labels, probs)
@@ -662,28 +661,41 @@ def create_app(server: ModelServer) -> FastAPI:
             tickets = batcher.enqueue(ids, timeout_s)
         except BatcherError as err:
             raise _from_batcher(err) from None
-        return await _wait_all(batcher, tickets, request, timeout_s)
+        return await _wait_all(batcher, tickets, request)
 
     async def _wait_all(
-        batcher: DynamicBatcher[Any, Any], tickets: Sequence[Ticket[Any, Any]], request: Request, timeout_s: float
+        batcher: DynamicBatcher[Any, Any], tickets: Sequence[Ticket[Any, Any]], request: Request
     ) -> list[Any]:
-        waits = [batcher.wait(t, timeout_s) for t in tickets]
-        gathered = asyncio.gather(*waits, return_exceptions=True)
-        try:
-            results = await until_disconnect(request, gathered)
-        except ClientGoneError:
+        # The cheapest shape found for the per-request path (it is the added latency at concurrency 1): one
+        # disconnect watcher that fails the tickets (the batcher then drops them) and plain awaits, in order.
+        watcher = asyncio.ensure_future(_disconnected(request.receive))
+
+        def client_gone(w: asyncio.Future[None]) -> None:
+            if w.cancelled():
+                return
             for t in tickets:
-                t.future.cancel()
-            server.metrics.dropped("cancelled")
+                if not t.future.done():
+                    t.future.set_exception(ClientGoneError())
+
+        watcher.add_done_callback(client_gone)
+        results = []
+        try:
+            for t in tickets:
+                results.append(await batcher.wait(t))
+        except BaseException as err:
+            for t in tickets:  # the rest are not wanted now; a failure nobody reads must not be logged
+                if not t.future.cancel() and not t.future.cancelled():
+                    t.future.exception()
+            if isinstance(err, ClientGoneError):
+                request.scope["deepseek.client_gone"] = True
+                server.metrics.dropped("cancelled")
+                raise
+            if isinstance(err, BatcherError):
+                raise _from_batcher(err) from None
             raise
-        for r in results:
-            if isinstance(r, BatcherError):
-                for t in tickets:
-                    t.future.cancel()
-                raise _from_batcher(r)
-            if isinstance(r, BaseException):
-                raise r
-        return list(results)
+        finally:
+            watcher.cancel()
+        return results
 
     if settings.task == "text-classification":
 
@@ -697,7 +709,7 @@ def create_app(server: ModelServer) -> FastAPI:
         async def classify(body: s.ClassifyRequest, request: Request) -> JSONResponse:
             model, batcher = server.require_ready()
             backend = model.backend
-            assert isinstance(backend, TextClassifier)
+            assert is_classifier(backend)
             texts = [body.text] if isinstance(body.text, str) else body.text
             limit = server.settings.batching.max_queue_size
             if len(texts) > limit:
@@ -750,7 +762,7 @@ def create_app(server: ModelServer) -> FastAPI:
             _reject_unsupported(body, {"echo": False, "logprobs": None, "suffix": None, "best_of": None})
             model, batcher = server.require_ready()
             backend = model.backend
-            assert isinstance(backend, CausalLM)
+            assert not is_classifier(backend)
             prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
             max_tokens = body.max_tokens or 16
             reqs = [
@@ -803,7 +815,7 @@ def create_app(server: ModelServer) -> FastAPI:
                 raise ApiError(400, "response_format: only {'type': 'text'} is supported", param="response_format")
             model, batcher = server.require_ready()
             backend = model.backend
-            assert isinstance(backend, CausalLM)
+            assert not is_classifier(backend)
             messages = []
             for i, m in enumerate(body.messages):
                 content = m.content if isinstance(m.content, str) else "".join(p.text for p in m.content or [])
@@ -924,7 +936,7 @@ def create_app(server: ModelServer) -> FastAPI:
         except BatcherError as err:
             raise _from_batcher(err) from None
         try:
-            return await _wait_all(batcher, tickets, request, timeout_s)
+            return await _wait_all(batcher, tickets, request)
         finally:
             for r in reqs:  # stop generating for callers that left or timed out
                 r.cancelled.set()

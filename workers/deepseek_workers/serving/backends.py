@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
+from typing_extensions import TypeIs
 
 from deepseek_workers.errors import BadArtifactError
 
@@ -85,6 +86,12 @@ class CausalLM(Protocol):
 
 
 Backend = TextClassifier | CausalLM
+
+
+def is_classifier(backend: Backend) -> TypeIs[TextClassifier]:
+    """The backend's task, read from its attribute: a runtime Protocol ``isinstance`` inspects every member on
+    each call, which is measurable on the per-request path."""
+    return backend.task == "text-classification"
 
 
 @dataclass

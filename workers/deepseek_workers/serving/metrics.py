@@ -138,6 +138,29 @@ class ServerMetrics:
             registry=r,
         )
         self.ready.labels(model).set(0)
+        self._bind_hot_paths()
+
+    def _bind_hot_paths(self) -> None:
+        # Labelled children looked up once: labels() takes a lock and validates on every call, and these run
+        # on every request or batch (the per-request path is the added latency at concurrency 1).
+        m = self.model
+        self._queue_wait = self.queue_wait_seconds.labels(m)
+        self._batch_size = self.batch_size.labels(m)
+        self._compute = self.compute_seconds.labels(m)
+        self._padding = self.padding_ratio.labels(m)
+        self._answered: dict[tuple[str, int], Any] = {}
+        self._durations: dict[str, Any] = {}
+
+    def request_done(self, endpoint: str, status: int, seconds: float) -> None:
+        """Count one answered request and observe its duration."""
+        counter = self._answered.get((endpoint, status))
+        if counter is None:
+            counter = self._answered[endpoint, status] = self.requests.labels(self.model, endpoint, str(status))
+        duration = self._durations.get(endpoint)
+        if duration is None:
+            duration = self._durations[endpoint] = self.request_seconds.labels(self.model, endpoint)
+        counter.inc()
+        duration.observe(seconds)
 
     def bind_queue(self, depth: Callable[[], float], running: Callable[[], float]) -> None:
         self.queue_depth.labels(self.model).set_function(depth)
@@ -145,12 +168,12 @@ class ServerMetrics:
 
     # BatcherObserver
     def queue_wait(self, seconds: float) -> None:
-        self.queue_wait_seconds.labels(self.model).observe(seconds)
+        self._queue_wait.observe(seconds)
 
     def batch(self, size: int, compute_seconds: float, padding_ratio: float) -> None:
-        self.batch_size.labels(self.model).observe(size)
-        self.compute_seconds.labels(self.model).observe(compute_seconds)
-        self.padding_ratio.labels(self.model).observe(padding_ratio)
+        self._batch_size.observe(size)
+        self._compute.observe(compute_seconds)
+        self._padding.observe(padding_ratio)
 
     def dropped(self, reason: str) -> None:
         self.rejected.labels(self.model, reason).inc()
