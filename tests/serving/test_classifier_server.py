@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+import threading
 from typing import Any
 
 import httpx
@@ -14,7 +15,7 @@ import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from tests.fixtures.ml import FineTunedClassifier
-from tests.serving.conftest import CLASSIFIER_BATCHING, LiveServer, metric_value
+from tests.serving.conftest import CLASSIFIER_BATCHING, LiveServer, in_process_server, metric_value, serve_config
 
 LONG_TEXT = " ".join(["the company said quarterly net profit rose on higher crude oil sales and trade"] * 30)
 
@@ -133,6 +134,27 @@ def test_batches_form_under_concurrency(classifier_server: LiveServer, reference
     assert singles < calls
     assert metric_value(after, "deepseek_serve_queue_wait_seconds_count") >= n
     assert 'deepseek_serve_model_info{device="cpu",model="r8"' in after
+
+
+def test_two_concurrent_batches_answer_like_the_model(
+    finetuned_minilm_r8: FineTunedClassifier, reference: dict[str, Any]
+) -> None:
+    texts, expected = reference["texts"], reference["probs"]
+    batching = {**CLASSIFIER_BATCHING, "maxBatchSize": 4, "maxQueueSize": 64, "concurrentBatches": 2}
+    with in_process_server(serve_config(finetuned_minilm_r8.path, "r8x2", batching=batching)) as live:
+
+        async def burst() -> list[httpx.Response]:
+            async with httpx.AsyncClient(base_url=live.url, timeout=120) as client:
+                return await asyncio.gather(*(client.post("/classify", json={"text": t}) for t in texts))
+
+        responses = asyncio.run(burst())
+        metrics = live.metrics()
+        model_threads = {t.name for t in threading.enumerate() if t.name.startswith("r8x2-batch")}
+    assert [r.status_code for r in responses] == [200] * len(texts)
+    probs = [[r.json()["predictions"][0]["scores"][lab] for lab in finetuned_minilm_r8.labels] for r in responses]
+    np.testing.assert_allclose(np.array(probs), expected, atol=2e-3)
+    assert len(model_threads) == 2, model_threads  # both model threads ran a batch (at most 4 of 40 each)
+    assert metric_value(metrics, "deepseek_serve_batch_size_count") >= len(texts) / 4
 
 
 def test_queue_full_gets_429_while_accepted_requests_succeed(classifier_server: LiveServer) -> None:

@@ -237,3 +237,32 @@ def test_cpu_quota_reads_cgroup_v2(tmp_path: Path) -> None:
     (tmp_path / "cpu.max").write_text("max 100000\n")
     assert cpu_quota(tmp_path) is None
     assert cpu_quota(tmp_path / "missing") is None
+
+
+async def test_concurrent_batches_run_at_the_same_time_on_their_own_threads() -> None:
+    both_running = threading.Barrier(2, timeout=10)  # passes only when two model calls are in flight at once
+    threads: set[str] = set()
+
+    def model(items: list[int]) -> list[int]:
+        threads.add(threading.current_thread().name)
+        both_running.wait()
+        return [2 * x for x in items]
+
+    b: DynamicBatcher[int, int] = DynamicBatcher(
+        model, max_batch_size=2, max_queue_delay_s=0.0, max_queue_size=100, max_concurrent_batches=2
+    )
+    b.start()
+    results = await asyncio.wait_for(asyncio.gather(*(b.submit(i, 30) for i in range(8))), 30)
+    assert results == [2 * i for i in range(8)]
+    assert len(threads) == 2
+    await b.stop()
+
+
+def test_concurrent_batches_split_the_pods_cpus(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from deepseek_workers.serving.backends import threads_per_batch
+
+    monkeypatch.setattr("os.cpu_count", lambda: 64)
+    (tmp_path / "cpu.max").write_text("400000 100000\n")  # a 4-CPU limit on a 64-core node
+    assert [threads_per_batch(n, tmp_path) for n in (1, 2, 3, 4, 8)] == [4, 2, 1, 1, 1]
+    (tmp_path / "cpu.max").write_text("max 100000\n")  # no limit: the node's cores
+    assert threads_per_batch(2, tmp_path) == 32

@@ -402,6 +402,17 @@ class BatchingSpec(SpecModel):
     request_timeout_seconds: Annotated[
         float, Field(default=30.0, gt=0.0, le=3600.0, description="Per-request deadline; 504 when it passes.")
     ]
+    concurrent_batches: Annotated[
+        int,
+        Field(
+            default=1,
+            ge=1,
+            le=16,
+            description="Batches the model runs at once, each on its own model thread. On CPU the pod's CPUs are "
+            "split between them (torch threads per batch = CPUs / concurrentBatches): 2 or more raises throughput "
+            "under load, 1 gives the fastest single request. On a GPU the batches share the device.",
+        ),
+    ]
 
 
 # ---------------------------------------------------------------------------------------------------------

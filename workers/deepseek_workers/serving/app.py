@@ -163,7 +163,6 @@ class ServerSettings:
     task: Literal["text-classification", "causal-lm"]
     batching: BatchingSpec = field(default_factory=BatchingSpec)
     drain_seconds: float = 20.0
-    max_concurrent_batches: int = 1
 
 
 class ModelServer:
@@ -236,7 +235,7 @@ class ModelServer:
             "max_batch_size": b.max_batch_size,
             "max_queue_delay_s": b.max_queue_delay_ms / 1000.0,
             "max_queue_size": b.max_queue_size,
-            "max_concurrent_batches": self.settings.max_concurrent_batches,
+            "max_concurrent_batches": b.concurrent_batches,
             "observer": self.metrics,
             "name": self.settings.model_name,
         }

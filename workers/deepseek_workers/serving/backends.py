@@ -129,19 +129,25 @@ def cpu_quota(cgroup_root: Path = Path("/sys/fs/cgroup")) -> float | None:
         return None
 
 
-def configure_threads() -> int:
+def threads_per_batch(concurrent_batches: int, cgroup_root: Path = Path("/sys/fs/cgroup")) -> int:
+    """torch intra-op threads for each of ``concurrent_batches`` batches: the usable CPUs split between them."""
+    cpus = os.cpu_count() or 1
+    quota = cpu_quota(cgroup_root)
+    usable = max(1, min(cpus, math.floor(quota) if quota else cpus))
+    return max(1, usable // concurrent_batches)
+
+
+def configure_threads(concurrent_batches: int = 1) -> int:
     """Size torch's intra-op pool to the CPUs the pod may use (unless OMP_NUM_THREADS says otherwise).
 
     torch defaults to every core of the node; under a 2-CPU limit on a 64-core node its spinning OpenMP
-    threads are throttled and a forward pass gets many times slower.
+    threads are throttled and a forward pass gets many times slower. Batches that run at once share the CPUs.
     """
     import torch
 
     if os.environ.get("OMP_NUM_THREADS"):
         return int(torch.get_num_threads())
-    cpus = os.cpu_count() or 1
-    quota = cpu_quota()
-    threads = max(1, min(cpus, math.floor(quota) if quota else cpus))
+    threads = threads_per_batch(concurrent_batches)
     torch.set_num_threads(threads)
     return threads
 
@@ -481,17 +487,18 @@ def _labels(model_dir: Path, config: Any, extra: dict[str, Any] | None = None) -
     return [str(id2label[i]) for i in sorted(id2label)]
 
 
-def load_backend(uri: str, variant: str) -> Backend:
+def load_backend(uri: str, variant: str, concurrent_batches: int = 1) -> Backend:
     """Load, verify and wrap the model. Raises BadArtifactError (exit 66) with the reason when it cannot."""
     source = describe(uri, variant)
     try:
         if not source.artifact:
-            log.info("torch intra-op threads: %d", configure_threads())
+            log.info("torch intra-op threads per batch: %d", configure_threads(concurrent_batches))
             return _load_hf(_local_dir(uri), source.task, None)
         from deepseek_workers.artifact import open_artifact
 
         art = open_artifact(uri)  # sha256 of every file; s3:// is downloaded to the model cache first
-        log.info("torch intra-op threads: %d", configure_threads())  # after verification: fail fast first
+        # After verification: fail fast first.
+        log.info("torch intra-op threads per batch: %d", configure_threads(concurrent_batches))
         entry = art.variant(variant)
         path = art.variant_path(variant)
         # Config, tokenizer and labels live with the fp32 model; INT8 and ONNX variants reuse them.

@@ -74,7 +74,7 @@ def build_server(cfg: ServeRunConfig) -> ModelServer:
 
     def load() -> LoadedModel:
         t0 = time.perf_counter()
-        backend = load_backend(cfg.artifact_uri, cfg.variant)
+        backend = load_backend(cfg.artifact_uri, cfg.variant, cfg.batching.concurrent_batches)
         return LoadedModel(backend, cfg.model_name, source.version, cfg.variant, time.perf_counter() - t0)
 
     return ModelServer(settings, load)
