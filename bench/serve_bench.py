@@ -359,23 +359,6 @@ def run_target(target: Target, texts: list[str], tmp: Path, scale: float) -> dic
         return {"name": target.name, "levels": levels}
 
 
-async def served_c1(port: int, path: str, texts: list[str], n: int) -> list[float]:
-    """Concurrency 1 on one keep-alive connection: the latency of texts 0..n-1, one after another."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    served = []
-    try:
-        for i in range(n):
-            t0 = time.perf_counter()
-            writer.write(_request(path, texts[i]))
-            status, _body = await _read_response(reader)
-            served.append(time.perf_counter() - t0)
-            if status != 200:
-                raise RuntimeError(f"status {status} at concurrency 1")
-    finally:
-        writer.close()
-    return served
-
-
 def goal_rounds(
     bare: BareModel, target: Target, texts: list[str], tmp: Path, scale: float, rounds: int, best: dict[str, Any]
 ) -> dict[str, Any]:
@@ -393,23 +376,25 @@ def goal_rounds(
     n1, n32 = requests_at(1, scale), requests_at(32, scale)
     per_round = []
     with serving(target, texts, tmp) as port:
-        uvloop.run(served_c1(port, target.path, texts, 10))  # warm-up, not measured
+        uvloop.run(closed_loop(port, target.path, texts, 1, 10))  # warm-up, not measured
         uvloop.run(closed_loop(port, target.path, texts, 32, 64))
         for k in range(rounds):
             forward = [bare.forward_seconds(i) for i in range(n1)]
             before = scrape_timings(port)
-            served = uvloop.run(served_c1(port, target.path, texts, n1))
-            inside = {k: v - before[k] for k, v in scrape_timings(port).items()}
+            served = uvloop.run(closed_loop(port, target.path, texts, 1, n1))  # the texts the bare passes ran
+            if served["errors"]:
+                raise RuntimeError(f"{served['errors']} failed requests at concurrency 1")
+            inside = {key: v - before[key] for key, v in scrape_timings(port).items()}
             limit = bare.batched_rps(best["order"], best["batch"], best["workers"])
             c32 = uvloop.run(closed_loop(port, target.path, texts, 32, n32))
             row = {
                 "forward_p50_ms": statistics.median(forward) * 1e3,
-                "served_c1_p50_ms": statistics.median(served) * 1e3,
-                "added_p50_c1_ms": (statistics.median(served) - statistics.median(forward)) * 1e3,
+                "served_c1_p50_ms": served["p50_ms"],
+                "added_p50_c1_ms": served["p50_ms"] - statistics.median(forward) * 1e3,
                 # The same requests split by the server's own metrics (means): its time outside the model call,
                 # and the HTTP transport and client around it. Free of the forward pass's drift between blocks.
                 "server_outside_model_ms": (inside["request"] - inside["compute"]) / n1 * 1e3,
-                "http_and_client_ms": (sum(served) - inside["request"]) / n1 * 1e3,
+                "http_and_client_ms": (n1 / served["throughput_rps"] - inside["request"]) / n1 * 1e3,
                 "model_limit_rps": limit,
                 "c32_rps": c32["throughput_rps"],
                 "c32_vs_limit": c32["throughput_rps"] / limit,
