@@ -188,7 +188,9 @@ class TorchClassifier:
     def _eager(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         return self.model(input_ids=ids, attention_mask=mask).logits  # type: ignore[no-any-return]
 
-    def _probabilities(self, forward: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], batch: Any) -> np.ndarray:
+    def _probabilities(
+        self, forward: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], batch: Sequence[Sequence[int]]
+    ) -> np.ndarray:
         import torch
 
         ids, mask = _pad(batch, self.pad_id)
