@@ -277,6 +277,9 @@ BAD_PAYLOADS: list[tuple[str, object, str]] = [
     ("/classify", {"texts": ["a"]}, "text"),
     ("/classify", {"text": [LONG_TEXT * 3]}, "tokens long"),
     ("/classify", [1, 2], "JSON object"),
+    # Bodies the fast path for /classify declines: FastAPI's route answers them with its own messages.
+    ("/classify", b'{"text": "unterminated', "JSON"),
+    ("/classify", b"", "JSON body is required"),
 ]
 
 
@@ -290,6 +293,21 @@ def test_bad_payloads_get_400_with_a_clear_message(
         resp = httpx.post(classifier_server.url + path, json=payload)
     assert resp.status_code == 400, resp.text
     assert needle in resp.json()["error"]
+
+
+def test_server_timing_reports_queue_and_model_time(classifier_server: LiveServer, reference: dict[str, Any]) -> None:
+    url = classifier_server.url
+    body = {"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": [reference["texts"][0]]}]}
+    for resp in (
+        httpx.post(f"{url}/classify", json={"text": reference["texts"][0]}, timeout=60),
+        httpx.post(f"{url}/v2/models/r8/infer", json=body, timeout=60),
+    ):
+        assert resp.status_code == 200, resp.text
+        timing = dict(part.strip().split(";dur=") for part in resp.headers["server-timing"].split(","))
+        assert set(timing) == {"queue", "model"}
+        assert 0.0 <= float(timing["queue"]) < 60_000
+        assert 0.5 < float(timing["model"]) < 60_000  # a real MiniLM forward pass takes milliseconds
+    assert "server-timing" not in httpx.get(f"{url}/v2/health/ready").headers
 
 
 def test_unknown_paths_and_methods(classifier_server: LiveServer) -> None:
