@@ -5,9 +5,13 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Literal
 
+import numpy as np
 import pytest
+from deepseek_workers.serving.backends import warm_up
 from deepseek_workers.serving.batcher import (
     CostModel,
     DeadlineExceededError,
@@ -266,3 +270,42 @@ def test_concurrent_batches_split_the_pods_cpus(tmp_path: Path, monkeypatch: pyt
     assert [threads_per_batch(n, tmp_path) for n in (1, 2, 3, 4, 8)] == [4, 2, 1, 1, 1]
     (tmp_path / "cpu.max").write_text("max 100000\n")  # no limit: the node's cores
     assert threads_per_batch(2, tmp_path) == 32
+
+
+class _CountingClassifier:
+    """A text classifier whose calls take 2 ms and which records how many ran at once."""
+
+    task: Literal["text-classification"] = "text-classification"
+    max_tokens = 64
+    device = "cpu"
+    runtime = "test"
+
+    def __init__(self) -> None:
+        self.labels = ["a", "b"]
+        self._lock = threading.Lock()
+        self._running = 0
+        self.most_at_once = 0
+        self.calls = 0
+
+    def encode(self, text: str) -> list[int]:
+        return [1] * len(text.split())
+
+    def predict(self, batch: Sequence[Sequence[int]]) -> np.ndarray:
+        with self._lock:
+            self.calls += 1
+            self._running += 1
+            self.most_at_once = max(self.most_at_once, self._running)
+        time.sleep(0.002)
+        with self._lock:
+            self._running -= 1
+        return np.zeros((len(batch), 2), dtype=np.float32)
+
+
+@pytest.mark.parametrize("at_once", [1, 2])
+def test_warm_up_times_each_shape_with_as_many_calls_at_once_as_batches_run(at_once: int) -> None:
+    backend = _CountingClassifier()
+    samples = warm_up(backend, max_batch_size=8, concurrent_batches=at_once)
+    assert {(n, length) for n, length, _ in samples} >= {(1, 16), (8, 16), (1, 64), (8, 64)}
+    assert all(s >= 0.002 for _, _, s in samples)  # each a real call's duration, not a share of one
+    assert backend.most_at_once == at_once
+    assert backend.calls == 1 + 2 * at_once * len(samples)  # the first call, then the better of two per shape

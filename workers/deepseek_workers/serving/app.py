@@ -199,7 +199,10 @@ class ModelServer:
         t0 = time.perf_counter()
         try:
             model = await asyncio.to_thread(self._loader)
-            samples = await asyncio.to_thread(warm_up, model.backend, self.settings.batching.max_batch_size)
+            batching = self.settings.batching
+            samples = await asyncio.to_thread(
+                warm_up, model.backend, batching.max_batch_size, batching.concurrent_batches
+            )
         except asyncio.CancelledError:
             raise  # shutting down while loading: not a model failure
         except BaseException as err:
