@@ -524,9 +524,9 @@ def main() -> None:
             }
     goals["met"] = {
         "c32_within_10pct_of_limit": rounds["median"]["c32_vs_limit"] >= 0.9,
-        # Judged per request (latency minus the model call that computed it): the block difference above is
-        # dominated by the forward pass drifting by several ms between blocks on this shared machine.
-        "added_p50_c1_under_2ms": rounds["median"]["around_model_p50_ms"] < 2.0,
+        # Judged block against block, as the goal reads ("over a bare forward pass"): the per-request figure
+        # leaves out that the model call itself may run slower inside the server than in this process.
+        "added_p50_c1_under_2ms": rounds["median"]["added_p50_c1_ms"] < 2.0,
         "ahead_of_litserve_c32": goals.get("throughput_vs_litserve", {}).get(32, 0) > 1.0,
         "ahead_of_ray_c32": goals.get("throughput_vs_ray", {}).get(32, 0) > 1.0,
     }
@@ -601,14 +601,14 @@ def markdown(r: dict[str, Any]) -> str:
         f"(goal >= 0.90; the table's single pass: {single['throughput_c32_vs_model_limit']:.2f})"
     )
     lines.append(
-        f"- added p50 at concurrency 1 over the forward pass, per request (latency minus the model call that "
-        f"computed it, from the server's Server-Timing header): {med['around_model_p50_ms']:.2f} ms (goal < 2 ms). "
-        f"The model call inside the server against the bare forward pass in the benchmark's process: "
-        f"{med['model_in_server_minus_bare_ms']:+.2f} ms (rounds: "
-        f"{rounds['range']['model_in_server_minus_bare_ms'][0]:+.2f} to "
-        f"{rounds['range']['model_in_server_minus_bare_ms'][1]:+.2f}). Block against block: "
-        f"{med['added_p50_c1_ms']:.2f} ms (rounds: {rounds['range']['added_p50_c1_ms'][0]:.2f} to "
+        f"- added p50 at concurrency 1 over a bare forward pass, block against block: {med['added_p50_c1_ms']:.2f} ms "
+        f"(goal < 2 ms; rounds: {rounds['range']['added_p50_c1_ms'][0]:.2f} to "
         f"{rounds['range']['added_p50_c1_ms'][1]:.2f}; the table's single pass: {single['added_p50_c1_ms']:.2f} ms). "
+        f"Split per request: latency minus the model call that computed it (the server's Server-Timing header) "
+        f"{med['around_model_p50_ms']:.2f} ms, and the model call inside the server against the bare forward pass "
+        f"in the benchmark's process {med['model_in_server_minus_bare_ms']:+.2f} ms (rounds: "
+        f"{rounds['range']['model_in_server_minus_bare_ms'][0]:+.2f} to "
+        f"{rounds['range']['model_in_server_minus_bare_ms'][1]:+.2f}). "
         f"By the server's metrics (means): {med['server_outside_model_ms']:.2f} ms in the server outside the model "
         f"call plus {med['http_and_client_ms']:.2f} ms of HTTP and client"
     )
