@@ -340,7 +340,7 @@ TIMING_SCOPE_KEY = "deepseek.timing"
 
 
 class ServerMiddleware:
-    def __init__(self, app: ASGIApp, server: ModelServer, fast_paths: dict[tuple[str, str], JsonFastPath]) -> None:
+    def __init__(self, app: ASGIApp, server: ModelServer, fast_paths: dict[str, JsonFastPath]) -> None:
         self.app = app
         self.server = server
         self.fast_paths = fast_paths
@@ -353,7 +353,7 @@ class ServerMiddleware:
         start = time.perf_counter()
         status = 500
         server.request_started()
-        fast = self.fast_paths.get((scope["method"], scope["path"]))
+        fast = self.fast_paths.get(scope["path"]) if scope["method"] == "POST" else None
 
         async def send_wrapper(message: Message) -> None:
             nonlocal status
@@ -518,7 +518,7 @@ def create_app(server: ModelServer) -> FastAPI:
         ),
         lifespan=lifespan,
     )
-    fast_paths: dict[tuple[str, str], JsonFastPath] = {}
+    fast_paths: dict[str, JsonFastPath] = {}  # by path; all are POST
     app.add_middleware(ServerMiddleware, server=server, fast_paths=fast_paths)
 
     def error_response(request: Request, err: Exception) -> Response:
@@ -825,7 +825,8 @@ def create_app(server: ModelServer) -> FastAPI:
                 )
             return JSONResponse({"model": name, "version": model.version, "predictions": predictions})
 
-        fast_paths["POST", "/classify"] = JsonFastPath("/classify", s.ClassifyRequest, classify_texts, error_response)
+        fast = JsonFastPath("/classify", s.ClassifyRequest, classify_texts, error_response)
+        fast_paths[fast.path] = fast
 
     # -- OpenAI-compatible ------------------------------------------------------------------------------------
 

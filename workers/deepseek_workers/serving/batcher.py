@@ -465,6 +465,9 @@ class DynamicBatcher(Generic[In, Out]):
         groups = [[live[i] for i in group] for group in plan.groups]
         run = _BatchRun(batch, waited, self._arrivals, loop.create_future())
         self._in_flight.add(run.finished)
+        if not groups:  # every caller left while it queued: nothing for a model thread
+            self._finish(run)
+            return
         try:
             self._executor.submit(self._run_plan, loop, run, groups, plan.padding_ratio)
         except RuntimeError as err:  # the executor is shut down (the batcher is stopping)
