@@ -60,22 +60,22 @@ class LiveServer:
         return httpx.get(f"{self.url}/metrics", timeout=30).text
 
 
-def wait_ready(url: str, timeout_s: float = 300.0) -> None:
+def wait_ready(url: str, timeout_s: float = 300.0, probe: str = "/v2/health/ready") -> None:
+    """Wait until `probe` (readiness unless told) answers 200."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         try:
-            if httpx.get(f"{url}/v2/health/ready", timeout=5).status_code == 200:
+            if httpx.get(f"{url}{probe}", timeout=5).status_code == 200:
                 return
         except httpx.TransportError:
             pass
         time.sleep(0.2)
-    raise AssertionError(f"{url} did not become ready within {timeout_s:.0f} s")
+    raise AssertionError(f"{url}{probe} did not answer 200 within {timeout_s:.0f} s")
 
 
 @contextlib.contextmanager
-def in_process_server(cfg: ServeRunConfig) -> Iterator[LiveServer]:
-    """The app under a real uvicorn on a real loopback socket, on a thread of this process."""
-    model_server = build_server(cfg)
+def serving_in_process(model_server: ModelServer) -> Iterator[LiveServer]:
+    """The app under a real uvicorn on a real loopback socket, on a thread of this process; not waited for."""
     app = create_app(model_server)
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
@@ -84,14 +84,20 @@ def in_process_server(cfg: ServeRunConfig) -> Iterator[LiveServer]:
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
-    url = f"http://127.0.0.1:{port}"
     try:
-        wait_ready(url)
-        yield LiveServer(url, model_server)
+        yield LiveServer(f"http://127.0.0.1:{port}", model_server)
     finally:
         server.should_exit = True
         thread.join(timeout=30)
         sock.close()
+
+
+@contextlib.contextmanager
+def in_process_server(cfg: ServeRunConfig) -> Iterator[LiveServer]:
+    """`serving_in_process` for a run config, once the model is ready."""
+    with serving_in_process(build_server(cfg)) as live:
+        wait_ready(live.url)
+        yield live
 
 
 @pytest.fixture(scope="session")

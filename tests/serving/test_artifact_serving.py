@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,10 +19,19 @@ import pytest
 import torch
 from deepseek_workers.artifact import write_artifact
 from deepseek_workers.runconfig import EXIT_BAD_ARTIFACT, SourceRef, dump
+from deepseek_workers.serving.backends import LoadedModel
+from deepseek_workers.serving.server import build_server
 from transformers import AutoModelForSequenceClassification
 
 from tests.fixtures.ml import FineTunedClassifier
-from tests.serving.conftest import LiveServer, free_port, in_process_server, serve_config
+from tests.serving.conftest import (
+    LiveServer,
+    free_port,
+    in_process_server,
+    serve_config,
+    serving_in_process,
+    wait_ready,
+)
 
 TEXTS = ["opec agreed to cut crude oil output", "the bank raised its prime lending rate", "net profit per share rose"]
 
@@ -84,8 +94,8 @@ def test_onnx_variant_of_an_artifact_answers_like_the_torch_model(
     np.testing.assert_allclose(_scores(onnx_server), _scores(classifier_server), atol=1e-3)
 
 
-def _run(artifact_dir: Path, variant: str, tmp_path: Path) -> tuple[int, str, bool]:
-    """Run `deepseek-worker serve`; (exit code, termination message, whether /v2/health/ready said 503)."""
+def _run(artifact_dir: Path, variant: str, tmp_path: Path) -> tuple[int, str]:
+    """Run `deepseek-worker serve`; (exit code, termination message)."""
     port = free_port()
     cfg = json.loads(dump(serve_config(artifact_dir, "r8", port=port)))
     cfg["variant"] = variant
@@ -97,31 +107,82 @@ def _run(artifact_dir: Path, variant: str, tmp_path: Path) -> tuple[int, str, bo
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    saw_not_ready = False
-    deadline = time.monotonic() + 240
-    while proc.poll() is None and time.monotonic() < deadline:
-        with contextlib.suppress(httpx.TransportError):
-            saw_not_ready |= httpx.get(f"http://127.0.0.1:{port}/v2/health/ready", timeout=2).status_code == 503
-        time.sleep(0.05)
-    code = proc.wait(timeout=30)
-    return code, (tmp_path / "termination-log").read_text(), saw_not_ready
+    code = proc.wait(timeout=240)
+    return code, (tmp_path / "termination-log").read_text()
 
 
 def test_variant_the_artifact_lacks_exits_66_at_once(artifact: Path, tmp_path: Path) -> None:
-    code, message, _ = _run(artifact, "int8", tmp_path)
+    code, message = _run(artifact, "int8", tmp_path)
     assert code == EXIT_BAD_ARTIFACT
     assert "has no variant 'int8'; it has: fp32, onnx-fp32" in message
 
 
-def test_tampered_artifact_is_refused_with_exit_66(artifact: Path, tmp_path: Path) -> None:
+@pytest.fixture
+def tampered(artifact: Path, tmp_path: Path) -> Path:
+    """A copy of the artifact whose fp32 weights changed after publishing: same size, one byte flipped."""
     bad = tmp_path / "v7"
     shutil.copytree(artifact, bad)
     weights = bad / "fp32" / "model.safetensors"
     data = bytearray(weights.read_bytes())
-    data[len(data) // 2] ^= 0xFF  # same size, one bit pattern changed: only the hash can tell
+    data[len(data) // 2] ^= 0xFF  # only the hash can tell
     weights.write_bytes(bytes(data))
-    code, message, saw_not_ready = _run(bad, "fp32", tmp_path)
+    return bad
+
+
+def test_tampered_artifact_is_refused_with_exit_66(tampered: Path, tmp_path: Path) -> None:
+    code, message = _run(tampered, "fp32", tmp_path)
     assert code == EXIT_BAD_ARTIFACT
-    assert saw_not_ready  # live (port open, not ready) while verifying, then gone with exit 66
     assert "sha256" in message
     assert "fp32/model.safetensors" in message
+
+
+@contextlib.contextmanager
+def _held_load(artifact_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[LiveServer, threading.Event]]:
+    """A server on loopback whose model load (verification included) waits until the event is set."""
+    model_server = build_server(serve_config(artifact_dir, "r8"))
+    gate, load = threading.Event(), model_server._loader
+
+    def held() -> LoadedModel:
+        assert gate.wait(120), "the test never released the load"
+        return load()
+
+    # The loader is the seam: holding it makes "live, not ready" last as long as the test needs.
+    monkeypatch.setattr(model_server, "_loader", held)
+    with serving_in_process(model_server) as live:
+        wait_ready(live.url, 60, probe="/v2/health/live")
+        try:
+            yield live, gate
+        finally:
+            gate.set()
+
+
+def _assert_not_ready(live: LiveServer, state: str) -> None:
+    assert httpx.get(f"{live.url}/v2/health/ready", timeout=10).status_code == 503
+    assert httpx.get(f"{live.url}/v2/models/r8/ready", timeout=10).status_code == 503
+    r = httpx.post(f"{live.url}/classify", json={"text": TEXTS[0]}, timeout=10)
+    assert r.status_code == 503
+    assert r.headers["retry-after"] == "1"
+    assert r.json() == {"error": f"model 'r8' is not ready yet ({state})"}
+
+
+def test_live_but_not_ready_until_the_model_is_verified(artifact: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with _held_load(artifact, monkeypatch) as (live, gate):
+        _assert_not_ready(live, "loading")
+        gate.set()
+        wait_ready(live.url, 120)
+        assert httpx.post(f"{live.url}/classify", json={"text": TEXTS[0]}, timeout=60).status_code == 200
+
+
+def test_tampered_artifact_stays_not_ready_and_reports_why(tampered: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    failures: list[BaseException] = []
+    with _held_load(tampered, monkeypatch) as (live, gate):
+        live.model_server.on_failure = failures.append
+        _assert_not_ready(live, "loading")
+        gate.set()
+        deadline = time.monotonic() + 60
+        while not failures and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(failures) == 1
+        assert "sha256" in str(failures[0])
+        assert "fp32/model.safetensors" in str(failures[0])
+        _assert_not_ready(live, "failed")  # never ready on weights that do not match the manifest
