@@ -10,7 +10,6 @@ DeepSeekOperatorDown must stay quiet while the operator is up.
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pytest
@@ -63,7 +62,6 @@ def check_operator(kube_cluster: ControlPlane, namespace: str, base: str) -> Non
         return bool(up) and up[0]["value"][1] == "1" and bool(done)
 
     wait_until(scraped, timeout=120, what="Prometheus to scrape the operator with a Ready inference")
-    time.sleep(3)  # a few more samples, so that rate() over the window has two points
 
     must_have_data = {
         "Operator up",
@@ -72,15 +70,25 @@ def check_operator(kube_cluster: ControlPlane, namespace: str, base: str) -> Non
         "Reconciles by kind and result",
         "Resources by phase",
     }
-    seen: set[str] = set()
-    for query in dashboard_queries(CHART / "dashboards" / "deepseek-operator.json"):
-        expr = GRAFANA_INTERVALS.sub("30s", query.expr).replace("$job", ".*")
-        if expr.startswith("label_values("):
-            assert JOB in api(base, "/api/v1/label/job/values")
-            continue
-        if instant(base, expr):
-            seen.add(query.source.split("'")[1])
-    assert must_have_data <= seen, f"no data for {must_have_data - seen}"
+
+    def panels_with_data() -> set[str]:
+        seen: set[str] = set()
+        for query in dashboard_queries(CHART / "dashboards" / "deepseek-operator.json"):
+            expr = GRAFANA_INTERVALS.sub("30s", query.expr).replace("$job", ".*")
+            if expr.startswith("label_values("):
+                assert JOB in api(base, "/api/v1/label/job/values")
+                continue
+            if instant(base, expr):
+                seen.add(query.source.split("'")[1])
+        return seen
+
+    # rate() needs two samples of a series in its window: poll until the scrapes after Ready provide them.
+    wait_until(
+        lambda: must_have_data <= panels_with_data(),
+        timeout=60,
+        what="every core operator panel to have data",
+        describe=lambda: f"no data for {sorted(must_have_data - panels_with_data())}",
+    )
 
     rules = evaluated_rules(base)
     assert {r["health"] for r in rules} == {"ok"}, [(r["name"], r.get("lastError")) for r in rules]
