@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from deepseek_workers.serving.backends import warm_up
 from deepseek_workers.serving.batcher import (
+    BatchPlan,
     CostModel,
     DeadlineExceededError,
     DynamicBatcher,
@@ -259,6 +260,38 @@ async def test_concurrent_batches_run_at_the_same_time_on_their_own_threads() ->
     results = await asyncio.wait_for(asyncio.gather(*(b.submit(i, 30) for i in range(8))), 30)
     assert results == [2 * i for i in range(8)]
     assert len(threads) == 2
+    await b.stop()
+
+
+async def test_model_threads_share_the_groups_of_one_formed_batch() -> None:
+    # Every model call waits for a second one in flight: only two threads taking groups of the same batch pass.
+    in_pairs = threading.Barrier(2, timeout=10)
+    threads: set[str] = set()
+    planned: list[int] = []
+
+    def model(items: list[int]) -> list[int]:
+        threads.add(threading.current_thread().name)
+        in_pairs.wait()
+        return [2 * x for x in items]
+
+    def one_group_each(items: list[int]) -> BatchPlan:
+        planned.append(len(items))
+        return BatchPlan([[i] for i in range(len(items))])
+
+    b: DynamicBatcher[int, int] = DynamicBatcher(
+        model,
+        max_batch_size=8,
+        max_queue_delay_s=5.0,
+        max_queue_size=100,
+        planner=one_group_each,
+        max_concurrent_batches=2,
+    )
+    b.start()
+    results = await asyncio.wait_for(asyncio.gather(*(b.submit(i, 30) for i in range(8))), 30)
+    assert results == [2 * i for i in range(8)]
+    assert planned == [8]  # one formed batch ...
+    assert len(threads) == 2  # ... run by both model threads
+    assert b.stats.batches == 8
     await b.stop()
 
 

@@ -408,9 +408,10 @@ class BatchingSpec(SpecModel):
             default=1,
             ge=1,
             le=16,
-            description="Batches the model runs at once, each on its own model thread. On CPU the pod's CPUs are "
-            "split between them (torch threads per batch = CPUs / concurrentBatches): 2 or more raises throughput "
-            "under load, 1 gives the fastest single request. On a GPU the batches share the device.",
+            description="Model calls run at once, each on its own model thread; the threads share the length "
+            "groups of each formed batch. On CPU the pod's CPUs are split between them (torch threads per call = "
+            "CPUs / concurrentBatches): 2 or more raises throughput under load, 1 gives the fastest single "
+            "request. On a GPU the calls share the device.",
         ),
     ]
 
