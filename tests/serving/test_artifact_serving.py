@@ -9,7 +9,6 @@ import shutil
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import httpx
 import numpy as np
 import pytest
 import torch
+from deepseek_testbed import wait_until
 from deepseek_workers.artifact import write_artifact
 from deepseek_workers.runconfig import EXIT_BAD_ARTIFACT, SourceRef, dump
 from deepseek_workers.serving.backends import LoadedModel
@@ -179,9 +179,7 @@ def test_tampered_artifact_stays_not_ready_and_reports_why(tampered: Path, monke
         live.model_server.on_failure = failures.append
         _assert_not_ready(live, "loading")
         gate.set()
-        deadline = time.monotonic() + 60
-        while not failures and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_until(lambda: failures, timeout=60, what="the load to fail")
         assert len(failures) == 1
         assert "sha256" in str(failures[0])
         assert "fp32/model.safetensors" in str(failures[0])

@@ -431,9 +431,6 @@ class DynamicBatcher(Generic[In, Out]):
             batch, waited = await self._collect()
             self._dispatch(batch, waited)
 
-    def _on_thread_free(self) -> None:
-        self._thread_free.set()
-
     async def _collect(self) -> tuple[list[Ticket[In, Out]], bool]:
         while True:
             self._drop_dead()
@@ -531,7 +528,7 @@ class DynamicBatcher(Generic[In, Out]):
             except RuntimeError:  # the loop is closed: nobody is waiting any more
                 return
         with contextlib.suppress(RuntimeError):
-            loop.call_soon_threadsafe(self._on_thread_free)
+            loop.call_soon_threadsafe(self._thread_free.set)
 
     def _deliver(
         self,
