@@ -161,6 +161,13 @@ def _raw_tokenizer(tokenizer: Any) -> Any:
     return backend
 
 
+def _token_ids(tokenizer: Any, text: str) -> list[int]:
+    """Token ids of ``text``. The batch call without offsets: the ids are the same as ``encode``'s, without the
+    character offsets nobody here reads (MiniLM's WordPiece, 65 tokens on one AVX2 core: 180 -> 100 µs, which
+    is on the event loop for every request)."""
+    return tokenizer.encode_batch_fast([text])[0].ids  # type: ignore[no-any-return]
+
+
 def _max_tokens(config: Any, tokenizer: Any) -> int:
     limits = [getattr(config, "max_position_embeddings", None), getattr(tokenizer, "model_max_length", None)]
     usable = [int(x) for x in limits if isinstance(x, int) and 0 < x < 1_000_000]
@@ -184,7 +191,7 @@ class TorchClassifier:
         self._forward: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = self._eager
 
     def encode(self, text: str) -> list[int]:
-        return list(self._tok.encode(text).ids)
+        return _token_ids(self._tok, text)
 
     def _eager(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         return self.model(input_ids=ids, attention_mask=mask).logits  # type: ignore[no-any-return]
@@ -273,7 +280,7 @@ class OnnxClassifier:
         self._inputs = {i.name for i in session.get_inputs()}
 
     def encode(self, text: str) -> list[int]:
-        return list(self._tok.encode(text).ids)
+        return _token_ids(self._tok, text)
 
     def predict(self, batch: Sequence[Sequence[int]]) -> np.ndarray:
         ids, mask = _pad(batch, self.pad_id)
@@ -311,7 +318,7 @@ class TorchCausalLM:
         self.pad_id = int(pad if pad is not None else next(iter(self.eos_ids), 0))
 
     def encode(self, text: str) -> list[int]:
-        return list(self._tok.encode(text).ids)
+        return _token_ids(self._tok, text)
 
     def chat_prompt(self, messages: list[dict[str, str]]) -> str:
         if not getattr(self.tokenizer, "chat_template", None):
