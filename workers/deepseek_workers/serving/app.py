@@ -497,6 +497,20 @@ async def until_disconnect(request: Request, awaitable: Awaitable[T]) -> T:
 # The application
 
 
+class _FastAPIUnderServerLayer(FastAPI):
+    """FastAPI with :class:`ServerMiddleware` outside its own middleware (error pages, telemetry, body limit).
+
+    Why: the fast paths answer without any FastAPI layer, and each layer is an async frame and a send wrapper
+    per request; every route still gets in-flight accounting and metrics from the one outer layer.
+    """
+
+    server_layer: Callable[[ASGIApp], ASGIApp] | None = None
+
+    def build_middleware_stack(self) -> ASGIApp:
+        inner = super().build_middleware_stack()
+        return self.server_layer(inner) if self.server_layer is not None else inner
+
+
 def create_app(server: ModelServer) -> FastAPI:
     settings = server.settings
     name = settings.model_name
@@ -507,7 +521,7 @@ def create_app(server: ModelServer) -> FastAPI:
         yield
         await server.close()
 
-    app = FastAPI(
+    app = _FastAPIUnderServerLayer(
         title="DeepSeek model server",
         version=SERVER_VERSION,
         description=(
@@ -519,7 +533,7 @@ def create_app(server: ModelServer) -> FastAPI:
         lifespan=lifespan,
     )
     fast_paths: dict[str, JsonFastPath] = {}  # by path; all are POST
-    app.add_middleware(ServerMiddleware, server=server, fast_paths=fast_paths)
+    app.server_layer = lambda inner: ServerMiddleware(inner, server, fast_paths)
 
     def error_response(request: Request, err: Exception) -> Response:
         """The answer to an error raised by a route (the FastAPI handlers and the fast paths use this)."""
