@@ -22,7 +22,7 @@ import uvicorn
 from deepseek_workers.builtin_models import smollm2_path
 from deepseek_workers.runconfig import ServeRunConfig, parse_serve_config
 from deepseek_workers.serving.app import ModelServer, create_app
-from deepseek_workers.serving.server import build_server
+from deepseek_workers.serving.server import build_server, uvicorn_config
 
 from tests.fixtures.ml import FineTunedClassifier
 
@@ -80,8 +80,7 @@ def serving_in_process(model_server: ModelServer) -> Iterator[LiveServer]:
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    config = uvicorn.Config(app, loop="uvloop", http="httptools", log_config=None, access_log=False)
-    server = uvicorn.Server(config)
+    server = uvicorn.Server(uvicorn_config(app))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     try:

@@ -18,6 +18,8 @@ import time
 from types import FrameType
 
 import uvicorn
+from starlette.types import ASGIApp
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from deepseek_workers.errors import BadArtifactError, WorkerError
 from deepseek_workers.runconfig import ServeRunConfig
@@ -25,6 +27,54 @@ from deepseek_workers.serving.app import ModelServer, ServerSettings, create_app
 from deepseek_workers.serving.backends import LoadedModel, describe, load_backend
 
 log = logging.getLogger(__name__)
+
+
+_STATUS_LINE = b"HTTP/1.1 "
+
+
+class _HeadWithBody:
+    """A transport that sends a response's head together with what is written next in the same loop step.
+
+    uvicorn writes the status line and headers as soon as the app starts its response, and the body in a second
+    write. On loopback the client wakes for the head alone, then again for the body; one write saves a system
+    call and a wake-up per answer. A held head leaves at the next write, on close, or at the end of this step of
+    the event loop (a streamed response whose first chunk comes later), so nothing waits longer than that.
+    """
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self._transport = transport
+        self._loop = loop
+        self._held: bytes | None = None
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        held, self._held = self._held, None
+        if held is not None:
+            self._transport.write(held + bytes(data))
+        elif bytes(data[: len(_STATUS_LINE)]) == _STATUS_LINE:
+            self._held = bytes(data)
+            self._loop.call_soon(self.flush)
+        else:
+            self._transport.write(data)
+
+    def flush(self) -> None:
+        held, self._held = self._held, None
+        if held is not None and not self._transport.is_closing():
+            self._transport.write(held)
+
+    def close(self) -> None:
+        self.flush()
+        self._transport.close()
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._transport, name)
+
+
+class OneWriteHttpToolsProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol whose answers leave in one write (see :class:`_HeadWithBody`)."""
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]  # as uvicorn
+        super().connection_made(transport)
+        self.transport = _HeadWithBody(self.transport, self.loop)  # type: ignore[assignment]
 
 
 class DrainingServer(uvicorn.Server):
@@ -80,22 +130,25 @@ def build_server(cfg: ServeRunConfig) -> ModelServer:
     return ModelServer(settings, load)
 
 
-def run_server(cfg: ServeRunConfig) -> None:
-    model_server = build_server(cfg)
-    app = create_app(model_server)
-    config = uvicorn.Config(
+def uvicorn_config(app: ASGIApp, host: str = "127.0.0.1", port: int = 0) -> uvicorn.Config:
+    """How the model server runs under uvicorn (the worker's serve command and the in-process tests)."""
+    return uvicorn.Config(
         app,
-        host=cfg.host,
-        port=cfg.port,
+        host=host,
+        port=port,
         loop="uvloop",
-        http="httptools",
+        http=OneWriteHttpToolsProtocol,
         lifespan="on",
         access_log=False,
         log_config=None,
         timeout_graceful_shutdown=5,
         timeout_keep_alive=30,
     )
-    server = DrainingServer(config, model_server)
+
+
+def run_server(cfg: ServeRunConfig) -> None:
+    model_server = build_server(cfg)
+    server = DrainingServer(uvicorn_config(create_app(model_server), cfg.host, cfg.port), model_server)
     failure: list[BaseException] = []
 
     def on_failure(err: BaseException) -> None:
