@@ -523,9 +523,15 @@ class DynamicBatcher(Generic[In, Out]):
                 results = self._compute(alive) if alive else []
             except BaseException as err:  # not the model's error (that is caught inside): fail only this group
                 results = [InferenceError(f"the batch was aborted: {type(err).__name__}: {err}")] * len(alive)
-            try:
-                loop.call_soon_threadsafe(self._deliver, run, alive, results, time.monotonic() - t0)
+            with self._pending_lock:  # the last group: this thread is free once it is delivered
+                last = not self._pending
+                if last:
+                    self._busy_threads -= 1
+            try:  # one wake-up of the loop per group, the thread's release included
+                loop.call_soon_threadsafe(self._deliver, run, alive, results, time.monotonic() - t0, last)
             except RuntimeError:  # the loop is closed: nobody is waiting any more
+                return
+            if last:
                 return
         with contextlib.suppress(RuntimeError):
             loop.call_soon_threadsafe(self._thread_free.set)
@@ -536,6 +542,7 @@ class DynamicBatcher(Generic[In, Out]):
         alive: list[Ticket[In, Out]],
         results: Sequence[Out | BaseException],
         elapsed: float,
+        thread_freed: bool = False,
     ) -> None:
         for p, r in zip(alive, results, strict=True):
             if p.future.done():
@@ -555,6 +562,8 @@ class DynamicBatcher(Generic[In, Out]):
         run.groups_left -= 1
         if run.groups_left == 0:
             self._finish(run)
+        if thread_freed:
+            self._thread_free.set()
 
     def _finish(self, run: _BatchRun[In, Out]) -> None:
         # Anything left unresolved (a bug on the model thread) must not leave a caller hanging.
