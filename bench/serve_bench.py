@@ -393,6 +393,10 @@ def goal_rounds(
     import uvloop
 
     n1, n32 = requests_at(1, scale), requests_at(32, scale)
+
+    def model_best() -> float:
+        return bare.batched_rps(best["order"], best["batch"], best["workers"])
+
     per_round = []
     with serving(target, texts, tmp) as port:
         uvloop.run(closed_loop(port, target.path, texts, 1, 10))  # warm-up, not measured
@@ -406,9 +410,9 @@ def goal_rounds(
             inside = {key: v - before[key] for key, v in scrape_timings(port).items()}
             # The model's best right before and right after the c=32 block (their mean cancels a steady drift
             # of the machine over the block; the ratio to the "before" figure alone is kept beside it).
-            limit_before = bare.batched_rps(best["order"], best["batch"], best["workers"])
+            limit_before = model_best()
             c32 = uvloop.run(closed_loop(port, target.path, texts, 32, n32))
-            limit = (limit_before + bare.batched_rps(best["order"], best["batch"], best["workers"])) / 2
+            limit = (limit_before + model_best()) / 2
             row = {
                 "forward_p50_ms": statistics.median(forward) * 1e3,
                 "served_c1_p50_ms": served["p50_ms"],

@@ -506,14 +506,23 @@ class DynamicBatcher(Generic[In, Out]):
             if run.groups_left == 0:
                 self._finish(run)
 
+    def _next_group(self) -> tuple[_BatchRun[In, Out], list[Ticket[In, Out]]] | None:
+        """On a model thread: the next group to run, or None (and the thread no longer counts as busy)."""
+        with self._pending_lock:
+            if self._pending:
+                return self._pending.popleft()
+            self._busy_threads -= 1
+            return None
+
     def _model_thread(self, loop: asyncio.AbstractEventLoop) -> None:
         """On a model thread: take groups until none is left, handing each group's results to the loop."""
-        while True:
-            with self._pending_lock:
-                if not self._pending:
-                    self._busy_threads -= 1
-                    break
-                run, group = self._pending.popleft()
+        job = self._next_group()
+        if job is None:  # other threads took every group: only the release to report
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(self._thread_free.set)
+            return
+        while job is not None:
+            run, group = job
             # Skip callers that left while earlier groups ran (a read of the future's state: a caller that
             # leaves right now is computed and then discarded).
             alive = [p for p in group if not p.future.done()]
@@ -523,18 +532,12 @@ class DynamicBatcher(Generic[In, Out]):
                 results = self._compute(alive) if alive else []
             except BaseException as err:  # not the model's error (that is caught inside): fail only this group
                 results = [InferenceError(f"the batch was aborted: {type(err).__name__}: {err}")] * len(alive)
-            with self._pending_lock:  # the last group: this thread is free once it is delivered
-                last = not self._pending
-                if last:
-                    self._busy_threads -= 1
-            try:  # one wake-up of the loop per group, the thread's release included
-                loop.call_soon_threadsafe(self._deliver, run, alive, results, time.monotonic() - t0, last)
+            elapsed = time.monotonic() - t0
+            job = self._next_group()
+            try:  # one wake-up of the loop per group; after the last, the thread's release rides along
+                loop.call_soon_threadsafe(self._deliver, run, alive, results, elapsed, job is None)
             except RuntimeError:  # the loop is closed: nobody is waiting any more
                 return
-            if last:
-                return
-        with contextlib.suppress(RuntimeError):
-            loop.call_soon_threadsafe(self._thread_free.set)
 
     def _deliver(
         self,
