@@ -341,4 +341,21 @@ def test_warm_up_times_each_shape_with_as_many_calls_at_once_as_batches_run(at_o
     assert {(n, length) for n, length, _ in samples} >= {(1, 16), (8, 16), (1, 64), (8, 64)}
     assert all(s >= 0.002 for _, _, s in samples)  # each a real call's duration, not a share of one
     assert backend.most_at_once == at_once
-    assert backend.calls == 1 + 2 * at_once * len(samples)  # the first call, then the better of two per shape
+    # The first call, then two passes over the shapes and a third for shapes whose two timings disagree.
+    assert 1 + 2 * at_once * len(samples) <= backend.calls <= 1 + 3 * at_once * len(samples)
+
+
+class _BusySpellClassifier(_CountingClassifier):
+    """Calls take 2 ms, except during a busy spell (calls 3-8, a whole row of the table): 20 ms."""
+
+    def predict(self, batch: Sequence[Sequence[int]]) -> np.ndarray:
+        self.calls += 1
+        time.sleep(0.02 if 3 <= self.calls <= 8 else 0.002)
+        return np.zeros((len(batch), 2), dtype=np.float32)
+
+
+def test_warm_up_keeps_a_busy_spell_out_of_the_cost_table() -> None:
+    # Each shape is timed in separate passes over the grid, so a spell that slows a run of consecutive calls
+    # reaches one timing of each shape it covers, and the fastest timing counts.
+    samples = warm_up(_BusySpellClassifier(), max_batch_size=8, concurrent_batches=1)
+    assert max(s for _, _, s in samples) < 0.012, samples
