@@ -14,6 +14,7 @@ import asyncio
 import logging
 import signal
 import socket
+import sys
 import time
 from types import FrameType
 
@@ -146,7 +147,18 @@ def uvicorn_config(app: ASGIApp, host: str = "127.0.0.1", port: int = 0) -> uvic
     )
 
 
+# How long a thread that wants the GIL waits before the holder must hand it over (Python's default: 5 ms).
+# A model thread needs the GIL for a moment between its GIL-free forward passes (padding, softmax, handing
+# results over); if the event loop holds it through a burst of requests, that model thread's core sits idle
+# for up to the whole interval. Measured on MiniLM, two model threads, 32 requests in flight on two shared
+# cores, the same cost table in both servers, ten paired rounds: 0.5 ms served a median 4 % more requests per
+# second than 5 ms (7 rounds of 10 ahead). With one request at a time nobody waits for the GIL, so nothing
+# changes there.
+GIL_SWITCH_INTERVAL_S = 0.0005
+
+
 def run_server(cfg: ServeRunConfig) -> None:
+    sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
     model_server = build_server(cfg)
     server = DrainingServer(uvicorn_config(create_app(model_server), cfg.host, cfg.port), model_server)
     failure: list[BaseException] = []
