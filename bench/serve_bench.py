@@ -477,7 +477,7 @@ def main() -> None:
         "make a single forward pass up to 20x slower)",
     )
     parser.add_argument(
-        "--rounds", type=int, default=7, help="interleaved rounds that judge the two model-relative goals"
+        "--rounds", type=int, default=11, help="interleaved rounds that judge the two model-relative goals"
     )
     args = parser.parse_args()
     os.environ["OMP_NUM_THREADS"] = str(args.threads)  # inherited by every server process
