@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from deepseek_workers.serving.backends import warm_up
 from deepseek_workers.serving.batcher import (
+    SERVER_CALL_OVERHEAD_S,
     BatchPlan,
     CostModel,
     DeadlineExceededError,
@@ -232,6 +233,22 @@ def test_measured_cost_plans_small_sorted_groups_where_a_formula_plans_one_call_
     for group in measured.groups:  # each group holds neighbours in length order
         span = sorted(lengths[i] for i in group)
         assert span[-1] - span[0] <= 40
+
+
+def test_a_per_call_overhead_plans_fewer_larger_groups_and_keeps_every_request() -> None:
+    lengths = [12 + (7 * i) % 32 * 3 for i in range(32)]
+    table = MeasuredCost(MINILM_AVX2)
+    alone = plan_by_length(lengths, table)
+    with_overhead = plan_by_length(lengths, table, call_overhead_s=SERVER_CALL_OVERHEAD_S)
+    assert len(with_overhead.groups) < len(alone.groups)
+    assert sorted(i for g in with_overhead.groups for i in g) == list(range(len(lengths)))
+
+    # The plan minimises the modelled total with the overhead counted per call.
+    def total(plan: BatchPlan, overhead: float) -> float:
+        return sum(table.cost(len(g), max(lengths[i] for i in g)) + overhead for g in plan.groups)
+
+    assert total(with_overhead, SERVER_CALL_OVERHEAD_S) <= total(alone, SERVER_CALL_OVERHEAD_S)
+    assert len(plan_by_length(lengths, table, call_overhead_s=10.0).groups) == 1  # calls dearer than padding
 
 
 def test_cpu_quota_reads_cgroup_v2(tmp_path: Path) -> None:

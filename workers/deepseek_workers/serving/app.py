@@ -53,6 +53,7 @@ from deepseek_workers.serving.backends import (
     warm_up,
 )
 from deepseek_workers.serving.batcher import (
+    SERVER_CALL_OVERHEAD_S,
     BatchCost,
     BatcherError,
     BatchPlan,
@@ -213,7 +214,11 @@ class ModelServer:
             return
         if samples:
             self.cost_model = MeasuredCost(samples)
-            log.info("batch cost table from warm-up: %s", self.cost_model)
+            log.info(
+                "batch cost table from warm-up (planned with %.1f ms more per call): %s",
+                SERVER_CALL_OVERHEAD_S * 1e3,
+                self.cost_model,
+            )
         self.model = model
         self.batcher = self._make_batcher(model.backend)
         self.batcher.start()
@@ -247,7 +252,7 @@ class ModelServer:
             cost = self.cost_model
 
             def plan(items: list[list[int]]) -> BatchPlan:
-                return plan_by_length([len(x) for x in items], cost)
+                return plan_by_length([len(x) for x in items], cost, SERVER_CALL_OVERHEAD_S)
 
             def run(items: list[list[int]]) -> list[np.ndarray]:
                 return list(backend.predict(items))
