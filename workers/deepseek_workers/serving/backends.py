@@ -624,9 +624,9 @@ def warm_up(backend: Backend, max_batch_size: int, concurrent_batches: int = 1) 
     then picks group sizes for the noise. Measured on MiniLM (two batches at once, two shared AVX2 cores),
     five warm-ups each: repeats in place gave cells varying by 17 % (coefficient of variation) and tables
     that planned mean groups of 1.9 to 4.8 over the same pools of requests; three full passes gave cells
-    varying by 7 %, and these passes gave tables planning 2.2 to 3.6. A table that planned groups of about 2
-    cost about 8 % of throughput at 32 requests in flight. It takes longer (MiniLM with batches of up to 32:
-    12-15 s instead of 5-6 s), once, before the server is ready.
+    varying by 7 %, and these passes gave tables planning 2.2 to 3.6. (What made small planned groups cost
+    throughput in the server was mostly the per-call cost no warm-up sees: SERVER_CALL_OVERHEAD_S.) It takes
+    longer (MiniLM with batches of up to 32: 12-15 s instead of 5-6 s), once, before the server is ready.
     """
     samples: list[tuple[int, int, float]] = []
     if isinstance(backend, TextClassifier):
